@@ -1,0 +1,151 @@
+"""ModelConfig: one typed dataclass for every text transformer, plus named presets.
+
+Variants are fields, decided when the model is built (never sniffed from a name in forward).
+Presets are plain dicts of field overrides, as in minGPT.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+Arch = Literal["decoder", "encoder", "seq2seq"]
+Pos = Literal["learned", "sinusoidal", "rope", "alibi"]
+Norm = Literal["layernorm", "rmsnorm"]
+MLPKind = Literal["gelu", "gelu_tanh", "relu", "swiglu", "geglu"]
+Backend = Literal["sdpa", "naive"]
+
+
+class ConfigError(ValueError):
+    """A config field has a bad value; the message names the field and the fix."""
+
+
+@dataclass
+class ModelConfig:
+    arch: Arch = "decoder"
+    vocab_size: int = 65
+    block_size: int = 256  # longest sequence the positions support
+    n_layer: int = 6
+    n_head: int = 6
+    n_kv_head: int | None = None  # None = n_head (MHA); 1 = MQA; between = GQA
+    d_model: int = 384
+    d_ff: int | None = None  # None = 4 * d_model
+    head_dim: int | None = None  # None = d_model // n_head
+    pos: Pos = "learned"
+    rope_theta: float = 10000.0
+    norm: Norm = "layernorm"
+    norm_eps: float = 1e-5
+    prenorm: bool = True  # pre-norm (GPT-2, Llama) or post-norm (original Transformer, BERT)
+    mlp: MLPKind = "gelu"
+    bias: bool = True
+    dropout: float = 0.0
+    tie_embeddings: bool = True
+    attn_backend: Backend = "sdpa"
+    embed_norm: bool = False  # LayerNorm right after the embeddings (BERT)
+    embed_scale: bool = False  # multiply token embeddings by sqrt(d_model) (original Transformer)
+    n_segment: int = 2  # encoder: token-type (segment) vocabulary; 0 disables
+    n_class: int = 2  # encoder: classification-head classes
+    n_decoder_layer: int | None = None  # seq2seq: None = n_layer
+    tgt_vocab_size: int | None = None  # seq2seq: None = shared vocabulary with tied embeddings
+    pad_id: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (e.g. source checkpoint)
+
+    def __post_init__(self) -> None:
+        for name, kind in (("arch", Arch), ("pos", Pos), ("norm", Norm), ("mlp", MLPKind), ("attn_backend", Backend)):
+            allowed = get_args(kind)
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"ModelConfig.{name}={getattr(self, name)!r} is unknown; use one of {list(allowed)}")
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"ModelConfig.{name}={value!r} must be a positive integer")
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.n_kv_head <= 0 or self.n_head % self.n_kv_head:
+            raise ConfigError(
+                f"ModelConfig.n_head={self.n_head} must be divisible by n_kv_head={self.n_kv_head}; "
+                f"pick n_kv_head from {[k for k in range(1, self.n_head + 1) if self.n_head % k == 0]}"
+            )
+        if self.head_dim is None:
+            if self.d_model % self.n_head:
+                raise ConfigError(
+                    f"ModelConfig.d_model={self.d_model} is not divisible by n_head={self.n_head}; "
+                    "change one of them or set head_dim explicitly"
+                )
+            self.head_dim = self.d_model // self.n_head
+        if self.pos == "rope" and self.head_dim % 2:
+            raise ConfigError(f"ModelConfig.head_dim={self.head_dim} must be even for pos='rope'")
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"ModelConfig.dropout={self.dropout} must be in [0, 1)")
+        if self.n_decoder_layer is None:
+            self.n_decoder_layer = self.n_layer
+
+    @property
+    def gated(self) -> bool:
+        return self.mlp in ("swiglu", "geglu")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"ModelConfig has no field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ModelConfig":
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} is not valid JSON ({e}); re-save the config") from e
+        return cls.from_dict(data)
+
+
+GPT2 = dict(pos="learned", norm="layernorm", mlp="gelu_tanh", bias=True, tie_embeddings=True, prenorm=True)
+LLAMA = dict(pos="rope", norm="rmsnorm", mlp="swiglu", bias=False, prenorm=True, norm_eps=1e-5)
+BERT = dict(
+    arch="encoder", pos="learned", norm="layernorm", mlp="gelu", bias=True, prenorm=False, norm_eps=1e-12, embed_norm=True
+)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # nanoGPT's Shakespeare-char model, and the smaller CPU recipe.
+    "gpt-shakespeare-char": dict(GPT2, block_size=256, n_layer=6, n_head=6, d_model=384, dropout=0.2),
+    "gpt-tiny": dict(GPT2, block_size=64, n_layer=4, n_head=4, d_model=128),
+    "gpt2": dict(GPT2, vocab_size=50257, block_size=1024, n_layer=12, n_head=12, d_model=768),
+    "gpt2-medium": dict(GPT2, vocab_size=50257, block_size=1024, n_layer=24, n_head=16, d_model=1024),
+    "llama-tiny": dict(LLAMA, block_size=256, n_layer=4, n_head=8, n_kv_head=2, d_model=256, d_ff=688),
+    "smollm2-135m": dict(
+        LLAMA, vocab_size=49152, block_size=8192, n_layer=30, n_head=9, n_kv_head=3, d_model=576,
+        d_ff=1536, rope_theta=100000.0, tie_embeddings=True,
+    ),
+    "mpt-tiny": dict(GPT2, pos="alibi", bias=False, block_size=256, n_layer=4, n_head=4, d_model=256),
+    "bert-tiny": dict(BERT, block_size=128, n_layer=2, n_head=2, d_model=128, d_ff=512),
+    "bert-mini": dict(BERT, block_size=256, n_layer=4, n_head=4, d_model=256, d_ff=1024),
+    "bert-base": dict(BERT, vocab_size=30522, block_size=512, n_layer=12, n_head=12, d_model=768, d_ff=3072),
+    "transformer-tiny": dict(
+        arch="seq2seq", pos="sinusoidal", embed_scale=True, norm="layernorm", mlp="relu", prenorm=True, block_size=64,
+        n_layer=2, n_head=4, d_model=128, d_ff=512,
+    ),
+    "transformer-base": dict(
+        arch="seq2seq", pos="sinusoidal", embed_scale=True, norm="layernorm", mlp="relu", prenorm=False, block_size=512,
+        n_layer=6, n_head=8, d_model=512, d_ff=2048, dropout=0.1,
+    ),
+}
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """Build a ModelConfig from a named preset plus field overrides."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; available presets: {sorted(PRESETS)}")
+    return ModelConfig.from_dict({**PRESETS[name], **overrides})

@@ -1,0 +1,85 @@
+"""Decoder-only causal language model. GPT-2, Llama / SmolLM2 and MPT-style ALiBi models are the
+same code with different ModelConfig fields (positions, norm, MLP, bias, n_kv_head, tying).
+
+    ids ─> Embeddings ─> Block × n_layer ─> norm ─> lm_head ─> logits
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..config import ConfigError, ModelConfig
+from ..nn import Block, Embeddings, KVCache, RotaryEmbedding, alibi_slopes, build_mask, build_norm
+
+
+def init_weights(model: nn.Module, n_layer: int) -> None:
+    """GPT-2 initialisation: N(0, 0.02), zero biases, residual output projections scaled by
+    1/sqrt(2 * n_layer) so the residual stream's variance does not grow with depth."""
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):
+            nn.init.zeros_(p)
+        elif p.dim() >= 2:
+            std = 0.02 / math.sqrt(2 * n_layer) if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
+            nn.init.normal_(p, mean=0.0, std=std)
+
+
+class DecoderLM(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.arch != "decoder":
+            raise ConfigError(f"DecoderLM needs ModelConfig.arch='decoder', got {cfg.arch!r}")
+        self.config = cfg
+        self.embed = Embeddings(cfg)
+        self.blocks = nn.ModuleList(Block(cfg, causal=True) for _ in range(cfg.n_layer))
+        self.norm = build_norm(cfg) if cfg.prenorm else nn.Identity()
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.block_size, cfg.rope_theta) if cfg.pos == "rope" else None
+        self.register_buffer(
+            "alibi", alibi_slopes(cfg.n_head) if cfg.pos == "alibi" else None, persistent=False
+        )
+        init_weights(self, cfg.n_layer)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.tok_emb.weight
+
+    def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
+        cfg, weight = self.config, self.lm_head.weight
+        return KVCache(
+            cfg.n_layer, batch_size, cfg.n_kv_head, max_len or cfg.block_size, cfg.head_dim,
+            dtype or weight.dtype, weight.device,
+        )
+
+    def hidden_states(
+        self, input_ids: torch.Tensor | None = None, *, inputs_embeds: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None, start: int = 0,
+    ) -> torch.Tensor:
+        """Final-norm hidden states (B, T, d). With a cache, the input sits at positions start..start+T
+        and attention_mask (B, start+T) marks real (1) vs padding (0) tokens over cache + input."""
+        x_ref = input_ids if inputs_embeds is None else inputs_embeds
+        B, T = x_ref.shape[0], x_ref.shape[1]
+        if position_ids is None:
+            position_ids = torch.arange(start, start + T, device=x_ref.device)[None]  # (1, T)
+            n_pos = start + T
+        else:
+            n_pos = int(position_ids.max()) + 1
+        x = self.embed(input_ids, inputs_embeds, position_ids)  # (B, T, d)
+        mask, is_causal = build_mask(T, start, True, attention_mask, self.alibi, x.device)
+        rope = self.rotary(position_ids, n_pos) if self.rotary is not None else None
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, is_causal, rope, cache, i, start)
+        return self.norm(x)
+
+    def forward(
+        self, input_ids: torch.Tensor | None = None, *, inputs_embeds: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None, start: int = 0, last_only: bool = False,
+    ) -> torch.Tensor:
+        """Logits (B, T, V), or (B, 1, V) for the last position only when last_only (decoding)."""
+        h = self.hidden_states(
+            input_ids, inputs_embeds=inputs_embeds, position_ids=position_ids,
+            attention_mask=attention_mask, cache=cache, start=start,
+        )
+        return self.lm_head(h[:, -1:] if last_only else h)

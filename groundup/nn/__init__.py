@@ -1,0 +1,14 @@
+"""Pure nn.Modules and formulas, no I/O: the parts every model is composed of."""
+
+from .attention import Attention, attend, build_mask
+from .block import Block
+from .kv_cache import KVCache
+from .mlp import MLP, GatedMLP, build_mlp
+from .norm import LayerNorm, RMSNorm, build_norm
+from .embedding import Embeddings
+from .position import RotaryEmbedding, alibi_bias, alibi_slopes, apply_rope, rope_table, sinusoidal_table
+
+__all__ = [
+    "Attention", "attend", "Embeddings", "RotaryEmbedding", "build_mask", "Block", "KVCache", "MLP", "GatedMLP", "build_mlp",
+    "LayerNorm", "RMSNorm", "build_norm", "alibi_bias", "alibi_slopes", "apply_rope", "rope_table", "sinusoidal_table",
+]

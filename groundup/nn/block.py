@@ -1,0 +1,44 @@
+"""A Transformer block: self-attention, optional cross-attention, and an MLP, each a residual branch.
+
+    pre-norm  (GPT-2, Llama):       x = x + f(norm(x))
+    post-norm (Transformer, BERT):  x = norm(x + f(x))
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from .attention import Attention
+from .kv_cache import KVCache
+from .mlp import build_mlp
+from .norm import build_norm
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, causal: bool = True, cross: bool = False) -> None:
+        super().__init__()
+        self.prenorm = cfg.prenorm
+        self.attn_norm = build_norm(cfg)
+        self.attn = Attention(cfg, causal=causal)
+        self.cross_norm = build_norm(cfg) if cross else None
+        self.cross_attn = Attention(cfg, causal=False, cross=True) if cross else None
+        self.mlp_norm = build_norm(cfg)
+        self.mlp = build_mlp(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def residual(self, x: torch.Tensor, norm: nn.Module, f) -> torch.Tensor:
+        if self.prenorm:
+            return x + self.drop(f(norm(x)))
+        return norm(x + self.drop(f(x)))
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = False,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None, cache: KVCache | None = None,
+        layer: int = 0, start: int = 0, memory: torch.Tensor | None = None, memory_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = self.residual(x, self.attn_norm, lambda h: self.attn(h, mask, is_causal, rope, cache, layer, start))
+        if self.cross_attn is not None:
+            x = self.residual(x, self.cross_norm, lambda h: self.cross_attn(h, memory_mask, memory=memory))
+        return self.residual(x, self.mlp_norm, self.mlp)
