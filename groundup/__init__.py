@@ -1,0 +1,9 @@
+"""groundup: large language models from the ground up, carried all the way to real use."""
+
+from .config import ModelConfig, preset
+from .generate import GenerationConfig, generate, generate_text, stream_text
+from .models import build_model
+
+__version__ = "0.1.0"
+
+__all__ = ["ModelConfig", "preset", "build_model", "GenerationConfig", "generate", "generate_text", "stream_text"]

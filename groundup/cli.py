@@ -1,0 +1,142 @@
+"""The command line: a table of subcommand -> (job dataclass, library function).
+
+A job's settings come from its dataclass defaults, then a YAML file (--config), then --key=value
+flags (dotted for nested sections: --train.lr=3e-4, --model.n_layer=4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class CLIError(ValueError):
+    """Bad command-line input; the message says which flag and what to do."""
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _parse_value(raw: str, tp: Any) -> Any:
+    """Strings stay strings (a prompt of "123" is text); everything else is read as YAML (3e-4, true, [1, 2])."""
+    args = typing.get_args(tp)
+    if tp is str or typing.get_origin(tp) is typing.Literal or str in args:
+        return None if raw in ("null", "None") and type(None) in args else raw
+    return yaml.safe_load(raw)
+
+
+def _set(tree: dict[str, Any], cls: type, key: str, raw: str) -> None:
+    """Set tree[key] (dotted) from a flag, typed by the dataclass field it names."""
+    head, _, rest = key.partition(".")
+    types_ = _field_types(cls)
+    if head not in types_:
+        raise CLIError(f"unknown option --{key}; options are: {', '.join('--' + k for k in types_)}")
+    tp = types_[head]
+    if rest:
+        sub = tree.setdefault(head, {})
+        if dataclasses.is_dataclass(tp):
+            _set(sub, tp, rest, raw)
+        else:  # a free-form dict section (e.g. model overrides)
+            sub[rest] = yaml.safe_load(raw)
+    else:
+        tree[head] = _parse_value(raw, tp)
+
+
+def build(cls: type, values: dict[str, Any]) -> Any:
+    """Instantiate a (nested) job dataclass from a dict, naming the section of any bad key."""
+    types_ = _field_types(cls)
+    unknown = sorted(set(values) - set(types_))
+    if unknown:
+        raise CLIError(f"{cls.__name__} has no option(s) {unknown}; options are: {sorted(types_)}")
+    kwargs = {}
+    for name, value in values.items():
+        tp = types_[name]
+        kwargs[name] = build(tp, value) if dataclasses.is_dataclass(tp) and isinstance(value, dict) else value
+    return cls(**kwargs)
+
+
+def parse_job(cls: type, argv: list[str]) -> Any:
+    """defaults -> --config YAML -> --key=value / --key value flags."""
+    tree: dict[str, Any] = {}
+    args = list(argv)
+    flags: list[tuple[str, str]] = []
+    while args:
+        arg = args.pop(0)
+        if not arg.startswith("--"):
+            raise CLIError(f"unexpected argument {arg!r}; options are written --key=value")
+        key, eq, raw = arg[2:].partition("=")
+        if not eq:
+            if not args or args[0].startswith("--"):
+                raw = "true"  # a bare flag switches a boolean on
+            else:
+                raw = args.pop(0)
+        if key == "config":
+            path = Path(raw)
+            if not path.is_file():
+                raise CLIError(f"--config {raw}: no such file; give the path of a YAML file (see configs/)")
+            loaded = yaml.safe_load(path.read_text()) or {}
+            if not isinstance(loaded, dict):
+                raise CLIError(f"--config {raw}: the YAML must be a mapping of option: value")
+            _merge(tree, loaded)
+        else:
+            flags.append((key.replace("-", "_"), raw))
+    for key, raw in flags:
+        _set(tree, cls, key, raw)
+    return build(cls, tree)
+
+
+def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v
+
+
+def _help(name: str, cls: type, fn: Callable, examples: str) -> str:
+    lines = [f"usage: groundup {name} [--config FILE.yaml] [--key=value ...]", "", (fn.__doc__ or "").strip(), ""]
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if dataclasses.is_dataclass(default):
+            lines += [f"  --{f.name}.{k}={v!r}" for k, v in dataclasses.asdict(default).items()]
+        else:
+            lines.append(f"  --{f.name}={default!r}")
+    return "\n".join(lines + ["", "examples:", examples.strip()])
+
+
+def _commands() -> dict[str, tuple[type, Callable, str]]:
+    from . import jobs
+
+    return jobs.COMMANDS
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    commands = _commands()
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print("usage: groundup COMMAND [--help] [--key=value ...]\n\ncommands:")
+        for name, (_, fn, _) in commands.items():
+            print(f"  {name:12s} {(fn.__doc__ or '').strip().splitlines()[0]}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in commands:
+        print(f"groundup: unknown command {name!r}; commands: {', '.join(commands)}", file=sys.stderr)
+        return 2
+    cls, fn, examples = commands[name]
+    if "-h" in rest or "--help" in rest:
+        print(_help(name, cls, fn, examples))
+        return 0
+    try:
+        fn(parse_job(cls, rest))
+    except (ValueError, FileNotFoundError) as e:  # our errors say what to fix; no traceback
+        print(f"groundup {name}: error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,5 @@
+"""Evaluation: perplexity now; task accuracy and harness adapters build on it."""
+
+from .perplexity import perplexity, text_perplexity
+
+__all__ = ["perplexity", "text_perplexity"]

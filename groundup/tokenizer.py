@@ -1,0 +1,259 @@
+"""Tokenizers: char, byte-level BPE (GPT-2), WordPiece (BERT), all one file format.
+
+Every tokenizer here is a Hugging Face `tokenizers.Tokenizer` underneath, so a single
+`tokenizer.json` saves and loads all of them and they interoperate with the HF ecosystem:
+
+    char_tokenizer(text)            WordLevel over single characters (nanoGPT's char model)
+    train_bpe(texts, vocab_size)    byte-level BPE, lossless on any Unicode (Radford et al. 2019)
+    train_wordpiece(texts, ...)     lowercase WordPiece (Devlin et al. 2019, BERT)
+    wordpiece_from_vocab(vocab.txt) an existing BERT vocabulary
+
+`Tokenizer.encode` adds no special tokens by default: groundup's data builders place
+[CLS]/[SEP]/<|endoftext|> themselves, so what `encode` returns is exactly the text.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import tokenizers
+from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+__all__ = [
+    "Tokenizer", "char_tokenizer", "train_bpe", "train_wordpiece", "wordpiece_from_vocab",
+    "load_tokenizer",
+]
+
+TOKENIZER_FILE = "tokenizer.json"
+BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+# Special-token roles, found by name among the tokenizer's *special* added tokens, first match
+# wins. GPT-2 uses <|endoftext|> both to begin and to end a document, so it is last for bos/eos.
+_ROLES: dict[str, tuple[str, ...]] = {
+    "bos": ("<s>", "<bos>", "[BOS]", "<|begin_of_text|>", "<|startoftext|>", "<|endoftext|>"),
+    "eos": ("</s>", "<eos>", "[EOS]", "<|end_of_text|>", "<|endoftext|>"),
+    "pad": ("[PAD]", "<pad>", "<|pad|>"),
+    "cls": ("[CLS]", "<cls>"),
+    "sep": ("[SEP]", "<sep>"),
+    "mask": ("[MASK]", "<mask>"),
+    "unk": ("[UNK]", "<unk>", "<|unk|>"),
+}
+
+
+class Tokenizer:
+    """A thin, typed wrapper over `tokenizers.Tokenizer` (kept as `.backend`)."""
+
+    def __init__(self, backend: tokenizers.Tokenizer) -> None:
+        self.backend = backend
+        specials = {t.content: i for i, t in backend.get_added_tokens_decoder().items() if t.special}
+        self._role_ids = {
+            role: next((specials[n] for n in names if n in specials), None)
+            for role, names in _ROLES.items()
+        }
+
+    # --- encoding -------------------------------------------------------------------------
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of `text`; with `add_special_tokens` the post-processor's template
+        (e.g. "[CLS] $A [SEP]" for WordPiece) is applied."""
+        return self.encode_batch([text], add_special_tokens)[0]
+
+    def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = False) -> list[list[int]]:
+        """Token ids of each text, encoded in parallel by the Rust backend."""
+        if isinstance(texts, str):
+            raise TypeError("encode_batch(texts) takes a list of strings; for one string use encode(text)")
+        try:
+            return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
+        except Exception as e:  # tokenizers raises a bare Exception, e.g. for an unknown char
+            known = self.backend.get_vocab()
+            missing = sorted({c for t in texts for c in t if c not in known})[:10]
+            raise ValueError(
+                f"cannot encode text ({e}); characters not in the vocabulary: {missing}. A char "
+                "tokenizer knows only the characters it was built from: rebuild it with "
+                "char_tokenizer(text) on text containing them all, or use train_bpe (any text)"
+            ) from e
+
+    def encode_pair(self, a: str, b: str) -> tuple[list[int], list[int]]:
+        """BERT sentence pair "[CLS] a [SEP] b [SEP]" -> (ids, token_type_ids: 0 for a, 1 for b)."""
+        cls, sep = self.cls_id, self.sep_id
+        if cls is None or sep is None:
+            raise ValueError(
+                "encode_pair needs [CLS] and [SEP] special tokens; this tokenizer has none: "
+                "build it with train_wordpiece(...) or wordpiece_from_vocab(...)"
+            )
+        ia, ib = self.encode_batch([a, b])
+        ids = [cls, *ia, sep, *ib, sep]
+        return ids, [0] * (len(ia) + 2) + [1] * (len(ib) + 1)
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        """Text of `ids`. Special tokens are kept by default so decode(encode(t)) == t."""
+        return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    # --- vocabulary -----------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, special tokens included (the embedding table needs this many rows)."""
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.backend.token_to_id(token)
+
+    def id_to_token(self, i: int) -> str | None:
+        return self.backend.id_to_token(i)
+
+    @property
+    def special_ids(self) -> set[int]:
+        """Ids of all special added tokens (never masked, never split)."""
+        return {i for i, t in self.backend.get_added_tokens_decoder().items() if t.special}
+
+    bos_id = property(lambda self: self._role_ids["bos"], doc="Begin-of-sequence id or None.")
+    eos_id = property(lambda self: self._role_ids["eos"], doc="End-of-sequence id or None.")
+    pad_id = property(lambda self: self._role_ids["pad"], doc="Padding id or None.")
+    cls_id = property(lambda self: self._role_ids["cls"], doc="[CLS] id or None.")
+    sep_id = property(lambda self: self._role_ids["sep"], doc="[SEP] id or None.")
+    mask_id = property(lambda self: self._role_ids["mask"], doc="[MASK] id or None.")
+    unk_id = property(lambda self: self._role_ids["unk"], doc="Unknown-token id or None.")
+
+    # --- files ----------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write `tokenizer.json` into directory `path` (created), or to `path` if it ends in
+        .json. Written to a temp file first and renamed, so a crash never leaves half a file."""
+        path = Path(path)
+        file = path if path.suffix == ".json" else path / TOKENIZER_FILE
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_name(file.name + ".tmp")
+        tmp.write_text(self.backend.to_str(pretty=True), encoding="utf-8")
+        os.replace(tmp, file)
+        return file
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Tokenizer) and self.backend.to_str() == other.backend.to_str()
+
+    def __repr__(self) -> str:
+        model = type(self.backend.model).__name__
+        return f"Tokenizer({model}, vocab_size={self.vocab_size})"
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """Load a `tokenizer.json` (or a directory holding one), as written by `Tokenizer.save`
+    or by Hugging Face `tokenizers`/`transformers`."""
+    path = Path(path)
+    file = path / TOKENIZER_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"load_tokenizer(path={str(path)!r}): no {TOKENIZER_FILE} there; pass a directory "
+            f"containing {TOKENIZER_FILE} or the file itself (create one with Tokenizer.save)"
+        )
+    try:
+        return Tokenizer(tokenizers.Tokenizer.from_file(str(file)))
+    except Exception as e:
+        raise ValueError(f"load_tokenizer: {file} is not a valid tokenizers JSON file ({e})") from e
+
+
+# --- constructors ----------------------------------------------------------------------------
+def char_tokenizer(text: str, special_tokens: Sequence[str] = ()) -> Tokenizer:
+    """One id per distinct character of `text`, in sorted order (ids match nanoGPT's
+    shakespeare_char); `special_tokens`, if any, get the ids after the characters."""
+    if not text:
+        raise ValueError("char_tokenizer(text=''): text is empty; pass the corpus whose characters form the vocabulary")
+    vocab = {c: i for i, c in enumerate(sorted(set(text)))}
+    # WordLevel wants an unk name; "<unk>" is not in the vocab, so an unknown char raises.
+    tk = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every char
+    tk.decoder = decoders.Fuse()  # join the pieces with nothing between them
+    tk.add_special_tokens(list(special_tokens))
+    return Tokenizer(tk)
+
+
+def train_bpe(
+    texts: Iterable[str], vocab_size: int, special_tokens: Sequence[str] = ("<|endoftext|>",)
+) -> Tokenizer:
+    """Byte-level BPE like GPT-2: text -> UTF-8 bytes -> merges, so every string round-trips.
+    `vocab_size` counts the 256 byte symbols and the special tokens."""
+    minimum = 256 + len(special_tokens)
+    if vocab_size < minimum:
+        raise ValueError(
+            f"train_bpe(vocab_size={vocab_size}) is too small: the 256 byte symbols and "
+            f"{len(special_tokens)} special token(s) need {minimum}; use vocab_size >= {minimum}"
+        )
+    tk = tokenizers.Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # GPT-2's split regex
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=list(special_tokens), show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes, seen or not
+    )
+    _train(tk, trainer, texts, "train_bpe")
+    return Tokenizer(tk)
+
+
+def train_wordpiece(
+    texts: Iterable[str], vocab_size: int, special_tokens: Sequence[str] = BERT_SPECIALS
+) -> Tokenizer:
+    """Lowercase WordPiece like BERT-base-uncased ("playing" -> "play", "##ing")."""
+    if "[UNK]" not in special_tokens:
+        raise ValueError(f"train_wordpiece(special_tokens={tuple(special_tokens)}): must include '[UNK]'")
+    tk = _bert_pipeline(models.WordPiece(unk_token="[UNK]"), lowercase=True)
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=list(special_tokens), show_progress=False
+    )
+    _train(tk, trainer, texts, "train_wordpiece")
+    if tk.get_vocab_size() > vocab_size:  # the trainer keeps the whole alphabet regardless
+        raise ValueError(
+            f"train_wordpiece(vocab_size={vocab_size}) is too small: the characters of the text "
+            f"plus special tokens alone need {tk.get_vocab_size()}; use a larger vocab_size"
+        )
+    return _with_bert_template(tk)
+
+
+def wordpiece_from_vocab(vocab_txt_path: str | os.PathLike, lowercase: bool = True) -> Tokenizer:
+    """A BERT `vocab.txt` (one token per line, line number = id) as a WordPiece tokenizer."""
+    path = Path(vocab_txt_path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"wordpiece_from_vocab(vocab_txt_path={str(path)!r}): no such file; pass a BERT vocab.txt"
+        )
+    tokens = path.read_text(encoding="utf-8").splitlines()
+    vocab = {t: i for i, t in enumerate(tokens)}
+    if "[UNK]" not in vocab:
+        raise ValueError(f"wordpiece_from_vocab: {path} has no [UNK] line; is it a BERT vocab.txt?")
+    tk = _bert_pipeline(models.WordPiece(vocab, unk_token="[UNK]"), lowercase=lowercase)
+    tk.add_special_tokens([t for t in BERT_SPECIALS if t in vocab])  # keeps their ids, never split
+    return _with_bert_template(tk)
+
+
+# --- helpers ---------------------------------------------------------------------------------
+def _train(tk: tokenizers.Tokenizer, trainer: trainers.Trainer, texts: Iterable[str], fn: str) -> None:
+    if isinstance(texts, str):
+        texts = [texts]
+    n_chars = 0
+
+    def counted() -> Iterator[str]:  # streams the texts while checking they are not all empty
+        nonlocal n_chars
+        for t in texts:
+            n_chars += len(t.strip())
+            yield t
+
+    tk.train_from_iterator(counted(), trainer=trainer)
+    if n_chars == 0:
+        raise ValueError(f"{fn}(texts=...): the texts are empty (or only whitespace); pass the training corpus")
+
+
+def _bert_pipeline(model: models.Model, lowercase: bool) -> tokenizers.Tokenizer:
+    tk = tokenizers.Tokenizer(model)
+    tk.normalizer = normalizers.BertNormalizer(lowercase=lowercase)  # + strip accents, clean text
+    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tk.decoder = decoders.WordPiece()
+    return tk
+
+
+def _with_bert_template(tk: tokenizers.Tokenizer) -> Tokenizer:
+    """Attach "[CLS] $A [SEP] $B [SEP]" for encode(..., add_special_tokens=True)."""
+    cls, sep = tk.token_to_id("[CLS]"), tk.token_to_id("[SEP]")
+    if cls is not None and sep is not None:
+        tk.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+        )
+    return Tokenizer(tk)
