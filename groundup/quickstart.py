@@ -1,0 +1,47 @@
+"""`groundup quickstart`: train a small character-level GPT on the Shakespeare corpus shipped with
+groundup, on a laptop CPU in a few minutes, then show what it learned."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .generate import GenerationConfig, generate_text
+from .loading import load_pretrained
+from .pretrain import DataSpec, PretrainJob, pretrain
+from .train import TrainConfig, TrainResult
+
+
+@dataclass
+class QuickstartJob:
+    out_dir: str = "runs/quickstart"
+    max_steps: int = 2000
+    dtype: str = "bf16"
+    seed: int = 1337
+    samples: int = 2
+    sample_tokens: int = 300
+
+
+def quickstart_job(job: QuickstartJob) -> PretrainJob:
+    """The default recipe: the numbers were tuned on 2 CPU cores (see BENCHMARKS.md)."""
+    model = dict(preset="gpt-tiny", block_size=64, n_layer=4, n_head=4, d_model=128, mlp="gelu", dropout=0.0)
+    train = TrainConfig(
+        out_dir=job.out_dir, max_steps=job.max_steps, batch_size=12, lr=1e-3, min_lr=1e-4, warmup_steps=100,
+        weight_decay=0.1, beta2=0.99, eval_every=250, eval_batches=50, ckpt_every=1000, dtype=job.dtype,
+        seed=job.seed, log_every=10,
+    )
+    return PretrainJob(model=model, data=DataSpec(tokenizer="char"), train=train)
+
+
+def quickstart(job: QuickstartJob) -> TrainResult:
+    """Train a small GPT on Shakespeare (a few minutes on 2 CPU cores) and print samples."""
+    result = pretrain(quickstart_job(job))
+    model, tok = load_pretrained(result.checkpoint)
+    cfg = GenerationConfig(max_new_tokens=job.sample_tokens, temperature=0.8, top_k=50, seed=job.seed)
+    for i, text in enumerate(generate_text(model, tok, ["\n"] * job.samples, cfg)):
+        print(f"\n--- sample {i + 1} ---\n{text.strip()}")
+    print(f"\nvalidation loss: {result.val_loss:.4f} nats/char")
+    print(f"checkpoint:      {result.checkpoint}")
+    print(f"metrics CSV:     {result.metrics_csv}")
+    print(f"loss curve:      {result.loss_png}")
+    print(f"next: groundup generate --model {result.checkpoint} --prompt 'ROMEO:'")
+    return result
