@@ -109,7 +109,7 @@ def _help(name: str, cls: type, fn: Callable, examples: str) -> str:
             lines += [f"  --{f.name}.{k}={v!r}" for k, v in dataclasses.asdict(default).items()]
         else:
             lines.append(f"  --{f.name}={default!r}")
-    return "\n".join(lines + ["", "examples:", examples.strip()])
+    return "\n".join(lines + ["", "examples:", examples.strip("\n")])
 
 
 def _commands() -> dict[str, tuple[type, Callable, str]]:
