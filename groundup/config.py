@@ -52,6 +52,9 @@ class ModelConfig:
     tgt_vocab_size: int | None = None  # seq2seq: None = shared vocabulary with tied embeddings
     pad_id: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (e.g. source checkpoint)
+    # RoPE frequency rescaling for long context, HF's format: None, {"rope_type": "linear", "factor": f} or
+    # {"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}
+    rope_scaling: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         for name, kind in (("arch", Arch), ("pos", Pos), ("norm", Norm), ("mlp", MLPKind), ("attn_backend", Backend)):
@@ -84,6 +87,8 @@ class ModelConfig:
             raise ConfigError(f"ModelConfig.dropout={self.dropout} must be in [0, 1)")
         if self.n_decoder_layer is None:
             self.n_decoder_layer = self.n_layer
+        if self.rope_scaling is not None:
+            _check_rope_scaling(self.rope_scaling)
 
     @property
     def gated(self) -> bool:
@@ -93,7 +98,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -104,7 +109,7 @@ class ModelConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
     @classmethod
-    def load(cls, path: str | Path) -> "ModelConfig":
+    def load(cls, path: str | Path) -> ModelConfig:
         try:
             data = json.loads(Path(path).read_text())
         except json.JSONDecodeError as e:
@@ -112,10 +117,29 @@ class ModelConfig:
         return cls.from_dict(data)
 
 
+ROPE_SCALING_KEYS: dict[str, tuple[str, ...]] = {
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
+
+
+def _check_rope_scaling(scaling: Any) -> None:
+    kind = scaling.get("rope_type") if isinstance(scaling, dict) else None
+    if kind not in ROPE_SCALING_KEYS:
+        raise ConfigError(
+            f"ModelConfig.rope_scaling={scaling!r} is unsupported; use None or a dict with 'rope_type' in "
+            f"{sorted(ROPE_SCALING_KEYS)}"
+        )
+    missing = [k for k in ROPE_SCALING_KEYS[kind] if not isinstance(scaling.get(k), (int, float))]
+    if missing:
+        raise ConfigError(f"ModelConfig.rope_scaling (rope_type={kind!r}) needs numeric {missing}; add them")
+
+
 GPT2 = dict(pos="learned", norm="layernorm", mlp="gelu_tanh", bias=True, tie_embeddings=True, prenorm=True)
 LLAMA = dict(pos="rope", norm="rmsnorm", mlp="swiglu", bias=False, prenorm=True, norm_eps=1e-5)
 BERT = dict(
-    arch="encoder", pos="learned", norm="layernorm", mlp="gelu", bias=True, prenorm=False, norm_eps=1e-12, embed_norm=True
+    arch="encoder", pos="learned", norm="layernorm", mlp="gelu", bias=True, prenorm=False, norm_eps=1e-12,
+    embed_norm=True,
 )
 
 PRESETS: dict[str, dict[str, Any]] = {

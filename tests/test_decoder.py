@@ -20,7 +20,8 @@ VARIANTS = {
 
 def tiny(variant: str, **extra) -> DecoderLM:
     torch.manual_seed(0)
-    cfg = preset("gpt-tiny", vocab_size=50, d_model=32, n_layer=2, n_head=4, block_size=32, **VARIANTS[variant], **extra)
+    shape = dict(vocab_size=50, d_model=32, n_layer=2, n_head=4, block_size=32)
+    cfg = preset("gpt-tiny", **shape, **VARIANTS[variant], **extra)
     return DecoderLM(cfg).eval()
 
 

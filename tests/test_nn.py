@@ -6,8 +6,17 @@ import pytest
 import torch
 
 from groundup.config import ConfigError, ModelConfig, preset
-from groundup.nn import Attention, RMSNorm, alibi_bias, alibi_slopes, apply_rope, attend, build_mask, rope_table
-from groundup.nn import sinusoidal_table
+from groundup.nn import (
+    Attention,
+    RMSNorm,
+    alibi_bias,
+    alibi_slopes,
+    apply_rope,
+    attend,
+    build_mask,
+    rope_table,
+    sinusoidal_table,
+)
 
 
 def qkv(B=2, H=4, Hkv=4, T=7, S=7, D=8, seed=0):

@@ -59,7 +59,7 @@ class DecoderLM(nn.Module):
         """Final-norm hidden states (B, T, d). With a cache, the input sits at positions start..start+T
         and attention_mask (B, start+T) marks real (1) vs padding (0) tokens over cache + input."""
         x_ref = input_ids if inputs_embeds is None else inputs_embeds
-        B, T = x_ref.shape[0], x_ref.shape[1]
+        T = x_ref.shape[1]
         if position_ids is None:
             position_ids = torch.arange(start, start + T, device=x_ref.device)[None]  # (1, T)
             n_pos = start + T

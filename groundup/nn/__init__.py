@@ -2,13 +2,14 @@
 
 from .attention import Attention, attend, build_mask
 from .block import Block
+from .embedding import Embeddings
 from .kv_cache import KVCache
 from .mlp import MLP, GatedMLP, build_mlp
 from .norm import LayerNorm, RMSNorm, build_norm
-from .embedding import Embeddings
 from .position import RotaryEmbedding, alibi_bias, alibi_slopes, apply_rope, rope_table, sinusoidal_table
 
 __all__ = [
-    "Attention", "attend", "Embeddings", "RotaryEmbedding", "build_mask", "Block", "KVCache", "MLP", "GatedMLP", "build_mlp",
+    "Attention", "attend", "Embeddings", "RotaryEmbedding", "build_mask", "Block", "KVCache", "MLP", "GatedMLP",
+    "build_mlp",
     "LayerNorm", "RMSNorm", "build_norm", "alibi_bias", "alibi_slopes", "apply_rope", "rope_table", "sinusoidal_table",
 ]

@@ -62,7 +62,10 @@ def build_mask(
             return None, True
     q_pos = torch.arange(start, n_key, device=device)
     k_pos = torch.arange(n_key, device=device)
-    allowed = k_pos[None, :] <= q_pos[:, None] if causal else torch.ones(n_query, n_key, dtype=torch.bool, device=device)
+    if causal:
+        allowed = k_pos[None, :] <= q_pos[:, None]  # (T, S)
+    else:
+        allowed = torch.ones(n_query, n_key, dtype=torch.bool, device=device)
     allowed = allowed[None, None]  # (1, 1, T, S)
     if pad_mask is not None:
         if pad_mask.shape[1] != n_key:
