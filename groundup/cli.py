@@ -33,17 +33,18 @@ def _parse_value(raw: str, tp: Any) -> Any:
     return yaml.safe_load(raw)
 
 
-def _set(tree: dict[str, Any], cls: type, key: str, raw: str) -> None:
+def _set(tree: dict[str, Any], cls: type, key: str, raw: str, prefix: str = "") -> None:
     """Set tree[key] (dotted) from a flag, typed by the dataclass field it names."""
     head, _, rest = key.partition(".")
     types_ = _field_types(cls)
     if head not in types_:
-        raise CLIError(f"unknown option --{key}; options are: {', '.join('--' + k for k in types_)}")
+        known = ", ".join(f"--{prefix}{k}" for k in types_)
+        raise CLIError(f"unknown option --{prefix}{key}; options are: {known}")
     tp = types_[head]
     if rest:
         sub = tree.setdefault(head, {})
         if dataclasses.is_dataclass(tp):
-            _set(sub, tp, rest, raw)
+            _set(sub, tp, rest, raw, f"{prefix}{head}.")
         else:  # a free-form dict section (e.g. model overrides)
             sub[rest] = yaml.safe_load(raw)
     else:
@@ -59,8 +60,20 @@ def build(cls: type, values: dict[str, Any]) -> Any:
     kwargs = {}
     for name, value in values.items():
         tp = types_[name]
-        kwargs[name] = build(tp, value) if dataclasses.is_dataclass(tp) and isinstance(value, dict) else value
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            value = build(tp, value)
+        kwargs[name] = _as_float(value, name) if float in (tp, *typing.get_args(tp)) else value
     return cls(**kwargs)
+
+
+def _as_float(value: Any, name: str) -> Any:
+    """YAML reads 2e-3 (no dot) as a string; a float field takes it as the number it means."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise CLIError(f"option {name}={value!r} must be a number") from None
 
 
 def parse_job(cls: type, argv: list[str]) -> Any:
@@ -134,9 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     if "-h" in rest or "--help" in rest:
         print(_help(name, cls, fn, examples))
         return 0
+    from .train import CheckpointError
+
     try:
         fn(parse_job(cls, rest))
-    except (ValueError, FileNotFoundError) as e:  # our errors say what to fix; no traceback
+    except (ValueError, FileNotFoundError, CheckpointError) as e:  # our errors say what to fix; no traceback
         print(f"groundup {name}: error: {e}", file=sys.stderr)
         return 2
     return 0
