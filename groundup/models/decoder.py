@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, ModelConfig
-from ..nn import Block, Embeddings, KVCache, RotaryEmbedding, alibi_slopes, build_mask, build_norm
+from ..nn import Block, Embeddings, KVCache, alibi_slopes, build_mask, build_norm, build_rotary
 
 
 def init_weights(model: nn.Module, n_layer: int) -> None:
@@ -36,7 +36,7 @@ class DecoderLM(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, causal=True) for _ in range(cfg.n_layer))
         self.norm = build_norm(cfg) if cfg.prenorm else nn.Identity()
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.block_size, cfg.rope_theta) if cfg.pos == "rope" else None
+        self.rotary = build_rotary(cfg)
         self.register_buffer(
             "alibi", alibi_slopes(cfg.n_head) if cfg.pos == "alibi" else None, persistent=False
         )

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError, ModelConfig
-from ..nn import Block, Embeddings, RotaryEmbedding, alibi_slopes, build_mask, build_norm
+from ..nn import Block, Embeddings, alibi_slopes, build_mask, build_norm, build_rotary
 from ..nn.mlp import ACTIVATIONS
 from .decoder import init_weights
 
@@ -50,7 +50,7 @@ class Encoder(nn.Module):
         self.embed = Embeddings(cfg, segments=segments)
         self.blocks = nn.ModuleList(Block(cfg, causal=False) for _ in range(cfg.n_layer))
         self.norm = build_norm(cfg) if cfg.prenorm else nn.Identity()
-        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.block_size, cfg.rope_theta) if cfg.pos == "rope" else None
+        self.rotary = build_rotary(cfg)
         self.register_buffer("alibi", alibi_slopes(cfg.n_head) if cfg.pos == "alibi" else None, persistent=False)
 
     def forward(

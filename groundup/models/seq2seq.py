@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, ModelConfig
-from ..nn import Block, Embeddings, RotaryEmbedding, alibi_slopes, build_mask, build_norm
+from ..nn import Block, Embeddings, alibi_slopes, build_mask, build_norm, build_rotary
 from .decoder import init_weights
 from .encoder import Encoder
 
@@ -36,7 +36,7 @@ class TargetDecoder(nn.Module):
         self.embed = Embeddings(cfg, vocab_size=vocab_size)
         self.blocks = nn.ModuleList(Block(cfg, causal=True, cross=True) for _ in range(cfg.n_decoder_layer))
         self.norm = build_norm(cfg) if cfg.prenorm else nn.Identity()
-        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.block_size, cfg.rope_theta) if cfg.pos == "rope" else None
+        self.rotary = build_rotary(cfg)
         self.register_buffer("alibi", alibi_slopes(cfg.n_head) if cfg.pos == "alibi" else None, persistent=False)
 
     def forward(self, tgt_in: torch.Tensor, memory: torch.Tensor, mem_mask: torch.Tensor | None) -> torch.Tensor:

