@@ -107,6 +107,14 @@ class Tokenizer:
         """Ids of all special added tokens (never masked, never split)."""
         return {i for i, t in self.backend.get_added_tokens_decoder().items() if t.special}
 
+    def set_role(self, role: str, token_id: int) -> None:
+        """Declare which id plays a role (bos, eos, pad, ...) when a checkpoint says so explicitly."""
+        if role not in self._role_ids:
+            raise ValueError(f"unknown token role {role!r}; roles are {sorted(self._role_ids)}")
+        if not 0 <= token_id < self.vocab_size:
+            raise ValueError(f"{role} id {token_id} is outside the vocabulary (size {self.vocab_size})")
+        self._role_ids[role] = token_id
+
     bos_id = property(lambda self: self._role_ids["bos"], doc="Begin-of-sequence id or None.")
     eos_id = property(lambda self: self._role_ids["eos"], doc="End-of-sequence id or None.")
     pad_id = property(lambda self: self._role_ids["pad"], doc="Padding id or None.")

@@ -3,14 +3,16 @@
     hf.py         load_hf / save_hf / from_hub: Hugging Face directories (GPT-2, Llama, Mistral, BERT)
     hf_keys.py    the per-family key maps
     hf_config.py  config.json <-> ModelConfig
+    gguf.py       load_gguf: llama.cpp's single-file format (weights, tokenizer, chat template)
 """
 
+from .gguf import GGUFError, load_gguf
 from .hf import HubUnavailableError, from_hub, load_hf, read_safetensors, save_hf
 from .hf_config import SUPPORTED_MODEL_TYPES, config_from_hf, config_to_hf, hf_family
 from .hf_keys import HFFormatError, KeyRule, bert_rules, gpt2_rules, groundup_to_hf, hf_to_groundup, llama_rules
 
 __all__ = [
-    "HFFormatError", "HubUnavailableError", "KeyRule", "SUPPORTED_MODEL_TYPES", "bert_rules", "config_from_hf",
+    "GGUFError", "load_gguf", "HFFormatError", "HubUnavailableError", "KeyRule", "SUPPORTED_MODEL_TYPES", "bert_rules", "config_from_hf",
     "config_to_hf", "from_hub", "gpt2_rules", "groundup_to_hf", "hf_family", "hf_to_groundup", "llama_rules",
     "load_hf", "read_safetensors", "save_hf",
 ]

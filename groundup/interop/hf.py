@@ -191,7 +191,7 @@ def _special_ids(path: Path, hf: dict[str, Any], tok: Tokenizer) -> None:
             ids = hf.get(f"{role}_token_id")
             found = ids[0] if isinstance(ids, list) and ids else ids
         if isinstance(found, int) and 0 <= found < tok.vocab_size:
-            tok._role_ids[role] = found  # the Tokenizer finds roles by token name; the checkpoint's word wins
+            tok.set_role(role, found)  # the Tokenizer finds roles by token name; the checkpoint's word wins
 
 
 def _load_tokenizer(path: Path, hf: dict[str, Any], cfg: ModelConfig) -> Tokenizer:
