@@ -12,7 +12,8 @@ from .hf_config import SUPPORTED_MODEL_TYPES, config_from_hf, config_to_hf, hf_f
 from .hf_keys import HFFormatError, KeyRule, bert_rules, gpt2_rules, groundup_to_hf, hf_to_groundup, llama_rules
 
 __all__ = [
-    "GGUFError", "load_gguf", "HFFormatError", "HubUnavailableError", "KeyRule", "SUPPORTED_MODEL_TYPES", "bert_rules", "config_from_hf",
+    "GGUFError", "load_gguf", "HFFormatError", "HubUnavailableError", "KeyRule", "SUPPORTED_MODEL_TYPES",
+    "bert_rules", "config_from_hf",
     "config_to_hf", "from_hub", "gpt2_rules", "groundup_to_hf", "hf_family", "hf_to_groundup", "llama_rules",
     "load_hf", "read_safetensors", "save_hf",
 ]
