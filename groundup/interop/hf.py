@@ -45,6 +45,7 @@ from .hf_keys import (
 
 CONFIG, WEIGHTS, INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
 TOKENIZER, TOKENIZER_CONFIG, VOCAB_TXT = "tokenizer.json", "tokenizer_config.json", "vocab.txt"
+CHAT_TEMPLATE = "chat_template.jinja"
 # HF classes each family imports from; anything else (e.g. a sequence-classification head) is refused.
 ARCHITECTURES = {
     "gpt2": ("GPT2LMHeadModel", "GPT2Model"),
@@ -216,7 +217,17 @@ def _load_tokenizer(path: Path, hf: dict[str, Any], cfg: ModelConfig) -> Tokeniz
             "tokenizer.json (a model vocabulary padded beyond the tokenizer's is fine, the reverse is not)"
         )
     _special_ids(path, hf, tok)
+    tok.chat_template = _chat_template(path)
     return tok
+
+
+def _chat_template(path: Path) -> str | None:
+    """transformers keeps the template in chat_template.jinja (new) or tokenizer_config.json (old)."""
+    if (path / CHAT_TEMPLATE).is_file():
+        return (path / CHAT_TEMPLATE).read_text()
+    tok_cfg = json.loads((path / TOKENIZER_CONFIG).read_text()) if (path / TOKENIZER_CONFIG).is_file() else {}
+    template = tok_cfg.get("chat_template")
+    return template if isinstance(template, str) else None
 
 
 def load_hf(

@@ -1,0 +1,35 @@
+"""groundup.train: one training loop for every objective, plus its parts.
+
+    from groundup.train import TrainConfig, train
+    result = train(model, "causal_lm", data, TrainConfig(out_dir="out", max_steps=200))
+"""
+
+from groundup.train import objectives
+from groundup.train.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from groundup.train.config import TrainConfig, TrainConfigError
+from groundup.train.loop import TrainResult, train
+from groundup.train.metrics import plot_loss_curve, read_metrics
+from groundup.train.objectives import OBJECTIVES, causal_lm, get_objective, mlm_nsp, seq2seq
+from groundup.train.optim import build_optimizer, lr_at, param_groups
+
+__all__ = [
+    "OBJECTIVES",
+    "Checkpoint",
+    "CheckpointError",
+    "TrainConfig",
+    "TrainConfigError",
+    "TrainResult",
+    "build_optimizer",
+    "causal_lm",
+    "get_objective",
+    "load_checkpoint",
+    "lr_at",
+    "mlm_nsp",
+    "objectives",
+    "param_groups",
+    "plot_loss_curve",
+    "read_metrics",
+    "save_checkpoint",
+    "seq2seq",
+    "train",
+]

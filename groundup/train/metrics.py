@@ -1,0 +1,123 @@
+"""Run telemetry: a metrics CSV, a tqdm progress bar, and the loss-curve plot.
+
+(Named metrics.py, not logging.py, so it never shadows the standard library's `logging`.)
+
+CSV columns: step, loss, lr, tokens_per_s, val_loss, val_ppl. One row per step that logged
+(every `log_every` steps), evaluated (every `eval_every` steps) or finished the run; `loss` is the
+mean training loss since the previous row, empty cells mean "not measured at this step".
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+CSV_FIELDS = ("step", "loss", "lr", "tokens_per_s", "val_loss", "val_ppl")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+class MetricsCSV:
+    """Appends metric rows to a CSV file. On resume, rows past the resumed step are dropped first,
+    so a crashed run's tail does not duplicate the steps the resumed run redoes."""
+
+    def __init__(self, path: str | Path, resume_step: int | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if resume_step is not None and self.path.is_file():
+            kept = [r for r in read_metrics(self.path) if r["step"] is not None and r["step"] <= resume_step]
+        with self.path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(CSV_FIELDS)
+            for row in kept:
+                writer.writerow([_cell(_int_step(row.get(k)) if k == "step" else row.get(k)) for k in CSV_FIELDS])
+
+    def write(self, row: dict[str, Any]) -> None:
+        unknown = sorted(set(row) - set(CSV_FIELDS))
+        if unknown:
+            raise KeyError(f"metrics row has unknown column(s) {unknown}; columns are {list(CSV_FIELDS)}")
+        with self.path.open("a", newline="") as f:
+            csv.writer(f).writerow([_cell(row.get(k)) for k in CSV_FIELDS])
+
+
+def _int_step(value: Any) -> Any:
+    return int(value) if value is not None else None
+
+
+def read_metrics(path: str | Path) -> list[dict[str, float | None]]:
+    """Rows of a metrics CSV as dicts of floats (None for empty cells); 'step' as a number too."""
+    rows = []
+    with Path(path).open(newline="") as f:
+        for raw in csv.DictReader(f):
+            rows.append({k: (float(raw[k]) if raw.get(k) not in (None, "") else None) for k in CSV_FIELDS})
+    return rows
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), saturating to inf instead of raising on overflow."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return float("inf")
+
+
+class Progress:
+    """A tqdm bar showing loss and tokens/s; a no-op when disabled (non-zero ranks, progress=False)."""
+
+    def __init__(self, total: int, initial: int, enabled: bool) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
+
+    def update(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def show(self, **values: float | None) -> None:
+        if self.bar is not None:
+            shown = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in values.items() if v is not None}
+            self.bar.set_postfix(shown, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def plot_loss_curve(csv_path: str | Path, png_path: str | Path) -> Path:
+    """Plot train loss and val loss against step from a metrics CSV into a PNG.
+
+    Uses a bare matplotlib Figure (Agg canvas), so no pyplot global state or backend switch.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = read_metrics(csv_path)
+    fig = Figure(figsize=(7, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for key, label, style in (("loss", "train", "-"), ("val_loss", "val", "o-")):
+        points = [(r["step"], r[key]) for r in rows if r[key] is not None]
+        if points:
+            steps, values = zip(*points, strict=True)
+            ax.plot(steps, values, style, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("loss curve")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path, dpi=100, bbox_inches="tight")
+    return png_path
