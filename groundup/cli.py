@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         fn(parse_job(cls, rest))
-    except (ValueError, FileNotFoundError, FileExistsError, CheckpointError) as e:  # our errors say what to fix; no traceback
+    except (ValueError, FileNotFoundError, FileExistsError, CheckpointError) as e:  # our errors say what to fix
         print(f"groundup {name}: error: {e}", file=sys.stderr)
         return 2
     return 0

