@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -41,14 +42,15 @@ def test_ddp_two_ranks_match_one_process(tmp_path: Path) -> None:
         str(TESTS / "ddp_worker.py"), str(tmp_path / "ddp"),
     ]
     # Start the 2-rank run, compute the one-process reference while it runs (2 cores), then compare.
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # its own process group, so a kill reaches the workers
     try:
         # Reference: one process, no accumulation (DDP uses 2 ranks x 2 micro-steps for the LM).
         single = _worker_module().run_all(tmp_path / "single", lm_grad_accum=1)
         out, _ = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.returncode == 0, f"torchrun failed:\n{out[-20000:]}"
     ddp = json.loads((tmp_path / "ddp" / "losses.json").read_text())
