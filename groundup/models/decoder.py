@@ -45,7 +45,7 @@ class DecoderLM(nn.Module):
             self.lm_head.weight = self.embed.tok_emb.weight
 
     def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
-        cfg, weight = self.config, self.lm_head.weight
+        cfg, weight = self.config, self.embed.tok_emb.weight
         return KVCache(
             cfg.n_layer, batch_size, cfg.n_kv_head, max_len or cfg.block_size, cfg.head_dim,
             dtype or weight.dtype, weight.device,
