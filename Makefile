@@ -5,6 +5,8 @@ PIP := $(PY) -m pip install -c constraints.txt
 .PHONY: demo test bench lint install clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
+	# WordNet (Debian data) for `groundup data augment`; needs root the first time
+	[ -f /usr/share/wordnet/data.noun ] || (apt-get update -qq && apt-get install -y -qq wordnet-base)
 	python3 -m venv $(VENV)
 	$(PIP) -q --upgrade pip
 	$(PIP) -q -e ".[test]"
