@@ -15,6 +15,7 @@ from .embed import embed_texts
 from .eval import text_perplexity
 from .generate import GenerationConfig, stream_text
 from .loading import load_pretrained
+from .nn.packed_linear import pack_for_inference
 from .pretrain import PretrainJob, pretrain
 from .quickstart import QuickstartJob, quickstart
 
@@ -37,6 +38,7 @@ class GenerateJob:
 def generate_cli(job: GenerateJob) -> None:
     """Generate text from a prompt, streamed to stdout as it is produced."""
     model, tok = load_pretrained(job.model, DTYPES[job.dtype])
+    pack_for_inference(model)
     cfg = GenerationConfig(
         max_new_tokens=job.max_new_tokens, temperature=job.temperature, top_k=job.top_k, top_p=job.top_p,
         seed=job.seed, stop=tuple(job.stop),
@@ -84,6 +86,7 @@ class ChatJob:
 def chat_cli(job: ChatJob) -> None:
     """Chat with an instruct model: its chat template, streamed replies, history kept within the context."""
     model, tok = load_pretrained(job.model, DTYPES[job.dtype])
+    pack_for_inference(model)
     chat = Chat(model, tok, system=job.system)
     cfg = GenerationConfig(max_new_tokens=job.max_new_tokens, temperature=job.temperature, top_p=job.top_p,
                            seed=job.seed)
