@@ -137,9 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print("usage: groundup COMMAND [--help] [--key=value ...]\n\ncommands:")
         for name, (_, fn, _) in commands.items():
-            print(f"  {name:12s} {(fn.__doc__ or '').strip().splitlines()[0]}")
+            print(f"  {name:14s} {(fn.__doc__ or '').strip().splitlines()[0]}")
         return 0
     name, rest = argv[0], argv[1:]
+    if rest and f"{name} {rest[0]}" in commands:  # two-word commands: `groundup data clean`
+        name, rest = f"{name} {rest[0]}", rest[1:]
     if name not in commands:
         print(f"groundup: unknown command {name!r}; commands: {', '.join(commands)}", file=sys.stderr)
         return 2
