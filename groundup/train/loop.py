@@ -109,7 +109,7 @@ class _Trainer:
             )
         if not exists:
             if self.cfg.resume:
-                self._say(f"resume=True but no checkpoint at {self.ckpt_dir}; starting from step 0")
+                self._say(f"no checkpoint at {self.ckpt_dir} yet: starting a new run")
             torch.manual_seed(self.cfg.seed + self.env.rank)  # dropout differs per rank, reproducibly
             return
         ckpt = load_checkpoint(self.ckpt_dir, model=self.raw, optimizer=self.optimizer)
