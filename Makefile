@@ -23,8 +23,13 @@ test: install
 	$(PY) -m pytest -q
 
 bench: install
+	# llama.cpp is an anchor only: built from source (~4 min), never needed by groundup or its tests
+	$(PIP) -q llama-cpp-python==0.3.36
 	$(PY) bench/train_throughput.py
 	$(PY) bench/decode.py
+	$(PY) bench/smollm2.py
+	$(PY) bench/quickstart_vs_nanogpt.py
+	$(PY) bench/report.py
 
 lint: install
 	$(VENV)/bin/ruff check groundup tests bench
