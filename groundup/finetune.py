@@ -1,0 +1,348 @@
+"""Fine-tuning: a pretrained model + instruction JSONL + one method -> the one training loop -> a saved result.
+
+    load_pretrained(model) ──> prepare_model(method): full = every weight trains, else peft.inject(...) ──┐
+    load_instructions(jsonl) ──> InstructData (loss on completions only) ────────────────────────────────┴─>
+        train(model, "causal_lm", data, TrainConfig) ──> out_dir/
+            adapter/      the adapter, groundup format      (load_adapter, `groundup generate --adapter`)
+            adapter_hf/   the same adapter in Hugging Face PEFT's layout (lora, ia3, prompt)
+            model/        method=full: a groundup checkpoint (load_pretrained)
+            ckpt/         the loop's resumable checkpoint: the *wrapped* model, optimizer, RNG states
+
+Resume (TrainConfig.resume) rebuilds the same wrapped model (same base, same inject) before train() loads
+ckpt/ into it, so the saved state dict always meets the structure it came from. Methods differ only in
+which PeftConfig is injected and in the default learning rate (METHOD_LR): no per-method loops (DESIGN rule 6).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, get_args
+
+import torch
+from torch import nn
+
+from .data.arithmetic import exact_match
+from .data.instruct import DEFAULT_SEPARATOR, FORMATS, InstructData, load_instructions
+from .generate import GenerationConfig, generate_text
+from .loading import load_pretrained
+from .peft import (
+    BitFitConfig,
+    IA3Config,
+    LoraConfig,
+    PeftConfig,
+    PeftError,
+    PrefixModel,
+    PrefixTuningConfig,
+    PromptModel,
+    PromptTuningConfig,
+    inject,
+    load_adapter,
+    merge_and_unload,
+    save_adapter,
+    summary,
+)
+from .peft.api import peft_state
+from .tokenizer import Tokenizer
+from .train import TrainConfig, TrainResult, save_checkpoint, train
+
+Method = Literal["full", "lora", "prompt", "prefix", "ia3", "bitfit"]
+METHODS: tuple[str, ...] = get_args(Method)
+# Peak learning rates that work for each method (peft / paper defaults); TrainConfig's own default lr means
+# "use this", any other train.lr is taken as given.
+METHOD_LR = {"full": 5e-5, "lora": 5e-4, "ia3": 3e-3, "bitfit": 1e-3, "prompt": 3e-2, "prefix": 1e-2}
+HF_LAYOUT = ("lora", "ia3", "prompt")  # methods groundup.interop.peft_format can write
+
+
+@dataclass
+class PeftOptions:
+    """Options of the PEFT methods (each method reads its own; None = the method's default)."""
+
+    r: int = 8  # lora rank
+    alpha: float = 16.0  # lora scaling alpha / r
+    dropout: float = 0.0  # lora dropout
+    target_modules: list[str] | None = None  # module-name patterns (lora, ia3, bitfit)
+    feedforward_modules: list[str] | None = None  # ia3: modules scaled on their input
+    n_virtual_tokens: int = 20  # prompt / prefix
+    prompt_init_text: str | None = None  # prompt: start from these words' embeddings (else random)
+    prefix_hidden: int | None = 512  # prefix: reparameterisation MLP width (None = train prefixes directly)
+
+
+@dataclass
+class DataOptions:
+    path: str = ""  # instruction JSONL: prompt/completion, Alpaca, or chat messages
+    fmt: str = "auto"  # auto | prompt_completion | alpaca | chat
+    skip_bad: bool = False  # skip (and list) malformed lines instead of stopping at the first
+    pack: bool = False  # pack several examples per row
+    val_fraction: float = 0.1
+    block_size: int | None = None  # longest row; None = the model's context (less any virtual tokens)
+    separator: str = DEFAULT_SEPARATOR  # between prompt and completion (prompt/completion records)
+
+
+@dataclass
+class FinetuneJob:
+    model: str = "smollm2-135m-instruct"  # base model: checkpoint dir, HF dir, .gguf, or packaged name
+    method: Method = "lora"
+    peft: PeftOptions = field(default_factory=PeftOptions)
+    data: DataOptions = field(default_factory=DataOptions)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        max_steps=200, batch_size=8, warmup_steps=10, eval_every=50, eval_batches=4, ckpt_every=100))
+    out_dir: str = "runs/finetune"  # every output goes here (train.out_dir follows it)
+    eval_data: str = ""  # JSONL whose exact-match accuracy is reported after training ("" = none)
+    eval_max_new_tokens: int = 32
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method={self.method!r} is unknown; use one of {list(METHODS)}")
+        if self.data.fmt != "auto" and self.data.fmt not in FORMATS:
+            raise ValueError(f"data.fmt={self.data.fmt!r} is unknown; use 'auto' or one of {list(FORMATS)}")
+
+
+@dataclass
+class FinetuneResult(TrainResult):
+    """TrainResult plus where the fine-tuned result was written and its exact-match accuracy (if asked)."""
+
+    adapter: Path | None = None  # groundup adapter (PEFT methods)
+    adapter_hf: Path | None = None  # Hugging Face PEFT layout (lora, ia3, prompt)
+    model_dir: Path | None = None  # method=full: a groundup checkpoint
+    exact_match: float | None = None
+
+
+def _say(msg: str) -> None:
+    print(f"[groundup.finetune] {msg}", flush=True)
+
+
+# --- the model --------------------------------------------------------------------------------------------------
+def peft_config(method: str, opts: PeftOptions) -> PeftConfig | None:
+    """The PeftConfig a method injects (None for full fine-tuning)."""
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is unknown; use one of {list(METHODS)}")
+    targets = tuple(opts.target_modules) if opts.target_modules is not None else None
+    if method == "lora":
+        extra = {"target_modules": targets} if targets is not None else {}
+        return LoraConfig(r=opts.r, alpha=opts.alpha, dropout=opts.dropout, **extra)
+    if method == "ia3":
+        targets = targets or IA3Config.target_modules
+        ff = opts.feedforward_modules
+        ff = tuple(ff) if ff is not None else tuple(p for p in IA3Config.feedforward_modules if p in targets)
+        return IA3Config(target_modules=targets, feedforward_modules=ff)
+    if method == "bitfit":
+        return BitFitConfig(target_modules=targets)
+    if method == "prompt":
+        text = opts.prompt_init_text
+        return PromptTuningConfig(opts.n_virtual_tokens, init="text" if text else "random", init_text=text)
+    if method == "prefix":
+        return PrefixTuningConfig(opts.n_virtual_tokens, reparam_hidden=opts.prefix_hidden)
+    return None
+
+
+def prepare_model(model: nn.Module, method: str, opts: PeftOptions, tokenizer: Tokenizer | None = None) -> nn.Module:
+    """The model to train: every parameter trainable (full), or the base frozen with `method`'s adapter injected.
+    Use the returned model (prompt / prefix tuning wrap the base)."""
+    cfg = peft_config(method, opts)
+    if cfg is None:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    return inject(model, cfg, tokenizer=tokenizer)
+
+
+def attach_adapter(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a saved adapter onto its base model, groundup format (adapter.safetensors) or Hugging Face PEFT
+    layout (adapter_model.safetensors); returns the model to use (prompt / prefix adapters wrap the base)."""
+    path = Path(path)
+    if (path / "adapter.safetensors").is_file():
+        return load_adapter(model, path)
+    if (path / "adapter_model.safetensors").is_file():
+        from .interop.peft_format import load_peft
+
+        return load_peft(model, path)
+    raise FileNotFoundError(f"adapter {str(path)!r}: no adapter.safetensors (groundup) or adapter_model.safetensors "
+                            "(Hugging Face PEFT) there; pass the adapter/ folder a fine-tuning run wrote")
+
+
+def merge_for_inference(model: nn.Module) -> nn.Module:
+    """A LoRA / IA3 / BitFit model with its adapter folded into the weights (same output, the base's speed, and
+    plain nn.Linear layers that pack_for_inference can pack); other models unchanged. An adapter on tied weights
+    cannot be folded and stays unmerged."""
+    state = getattr(model, "peft_state", None)
+    if state is None or state.method not in ("lora", "ia3", "bitfit"):
+        return model
+    try:
+        return merge_and_unload(model)
+    except PeftError:  # e.g. LoRA on a tied lm_head: refused before any weight changes
+        return model
+
+
+def save_finetuned(model: nn.Module, tokenizer: Tokenizer | None, method: str, out_dir: str | Path) -> dict[str, Path]:
+    """Write the fine-tuned result under out_dir: model/ (full) or adapter/ + adapter_hf/ (PEFT methods)."""
+    out = Path(out_dir)
+    if method == "full":
+        return {"model_dir": save_checkpoint(out / "model", model, tokenizer=tokenizer)}
+    saved = {"adapter": save_adapter(model, out / "adapter")}
+    if method in HF_LAYOUT:
+        from .interop.peft_format import save_peft
+
+        try:
+            saved["adapter_hf"] = save_peft(model, out / "adapter_hf")
+        except PeftError as e:  # a model family the HF layout does not map: the groundup adapter stands
+            _say(f"no Hugging Face PEFT copy of the adapter: {e}")
+    return saved
+
+
+# --- evaluation -------------------------------------------------------------------------------------------------
+def virtual_tokens(model: nn.Module) -> int:
+    """Positions the active soft prompt or prefix takes in front of the input (0 for other models)."""
+    if isinstance(model, PrefixModel):
+        return model.prefix_length()
+    if isinstance(model, PromptModel) and not model.disabled and model.active in model.prompts:
+        return model.prompts[model.active].weight.shape[0]
+    return 0
+
+
+def greedy_completions(model: nn.Module, tokenizer: Tokenizer, prompts: Sequence[str], max_new_tokens: int = 32,
+                       batch_size: int = 16, stop: Sequence[str] = ()) -> list[str]:
+    """Greedy completions of `prompts`, generated `batch_size` at a time (left-padded batches)."""
+    if prompts:  # like a plain model's, generation stops at the end of the context, virtual tokens included
+        longest = max(len(tokenizer.encode(p)) for p in prompts)
+        max_new_tokens = max(1, min(max_new_tokens, model.config.block_size - virtual_tokens(model) - longest))
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, stop=tuple(stop))
+    out: list[str] = []
+    for i in range(0, len(prompts), batch_size):
+        out += generate_text(model, tokenizer, list(prompts[i: i + batch_size]), cfg)
+    return out
+
+
+def evaluate_exact_match(model: nn.Module, tokenizer: Tokenizer, examples: Sequence[tuple[str, str]],
+                         max_new_tokens: int = 32, batch_size: int = 16) -> float:
+    """Fraction of (prompt, completion) pairs whose greedy completion equals the expected one (whitespace
+    collapsed, groundup.data.exact_match). Generation stops at the tokenizer's eos."""
+    if not examples:
+        raise ValueError("evaluate_exact_match: no examples; pass (prompt, completion) pairs")
+    preds = greedy_completions(model, tokenizer, [p for p, _ in examples], max_new_tokens, batch_size)
+    return sum(exact_match(p, c) for p, (_, c) in zip(preds, examples, strict=True)) / len(examples)
+
+
+def eval_pairs(path: str | Path, tokenizer: Tokenizer, separator: str = DEFAULT_SEPARATOR) -> list[tuple[str, str]]:
+    """(prompt, completion) pairs of an instruction JSONL, rendered exactly as training renders them."""
+    examples, _ = load_instructions(path, separator=separator)
+    return InstructData(examples, tokenizer, block_size=1 << 30, val_fraction=0.0).eval_examples("train")
+
+
+# --- the job ----------------------------------------------------------------------------------------------------
+def train_config(job: FinetuneJob) -> TrainConfig:
+    """job.train with out_dir = job.out_dir, and the method's learning rate (METHOD_LR) unless train.lr was set
+    (a train.lr equal to TrainConfig's default counts as unset); min_lr defaults to lr / 10."""
+    default = TrainConfig()
+    cfg = job.train
+    if cfg.out_dir not in (default.out_dir, job.out_dir):
+        raise ValueError(f"train.out_dir={cfg.out_dir!r}: a fine-tuning run writes to out_dir; set out_dir instead")
+    lr = METHOD_LR[job.method] if cfg.lr == default.lr else cfg.lr
+    min_lr = lr / 10 if cfg.min_lr == default.min_lr else cfg.min_lr
+    return dataclasses.replace(cfg, out_dir=job.out_dir, lr=lr, min_lr=min_lr)
+
+
+def _block_size(job: FinetuneJob, model: nn.Module) -> int:
+    virtual = job.peft.n_virtual_tokens if job.method in ("prompt", "prefix") else 0
+    room = model.config.block_size - virtual
+    block = job.data.block_size or room
+    if not 1 <= block <= room:
+        raise ValueError(f"data.block_size={block}: the model's context holds {model.config.block_size} positions"
+                         + (f", {virtual} of them virtual tokens" if virtual else "") + f"; use 1..{room}")
+    return block
+
+
+def _record_job(job: FinetuneJob, cfg: TrainConfig) -> None:
+    """Write out_dir/finetune_job.json; when resuming, first check the run being continued built the same model
+    (base, method, PEFT options), so a mismatch is named here rather than as missing checkpoint keys."""
+    path = Path(job.out_dir) / "finetune_job.json"
+    mine = {"model": job.model, "method": job.method, "peft": dataclasses.asdict(job.peft)}
+    has_ckpt = (Path(job.out_dir) / "ckpt").exists()
+    if has_ckpt and not cfg.resume:
+        return  # train() refuses to overwrite that run; keep its record
+    if has_ckpt and path.is_file():
+        saved = json.loads(path.read_text())
+        diff = [f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}" for k, v in mine.items() if saved.get(k) != v]
+        if diff:
+            raise ValueError(f"train.resume=true, but {job.out_dir} holds a run with other settings "
+                             f"({'; '.join(diff)}); resume with the same model/method/peft options, or choose "
+                             "another out_dir")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(mine, indent=2))
+
+
+def finetune(job: FinetuneJob) -> FinetuneResult:
+    """Fine-tune a model on instruction JSONL: full, LoRA, IA3, BitFit, prompt or prefix tuning.
+
+    The peak learning rate defaults per method (full 5e-5, lora 5e-4, ia3 3e-3, bitfit 1e-3, prompt 3e-2,
+    prefix 1e-2) while train.lr keeps TrainConfig's default 3e-4; any other train.lr is used as given.
+    Outputs go to out_dir: adapter/ (+ adapter_hf/) or model/ for method=full, and ckpt/ for train.resume."""
+    if not job.data.path:
+        raise ValueError("data.path is missing; give an instruction JSONL, e.g. --data.path=train.jsonl")
+    cfg = train_config(job)
+    examples, report = load_instructions(job.data.path, job.data.fmt, job.data.skip_bad, job.data.separator)
+    _say(report.summary())
+    _record_job(job, cfg)
+    model, tok = load_pretrained(job.model)
+    if tok is None or tok.eos_id is None:
+        raise ValueError(f"model {job.model!r} has no tokenizer with an eos token; fine-tuning needs one to end "
+                         "completions (save the tokenizer with the checkpoint)")
+    torch.manual_seed(cfg.seed)  # adapter initialisation is part of the run: the same seed, the same start
+    model = prepare_model(model, job.method, job.peft, tok)
+    data = InstructData(examples, tok, _block_size(job, model), job.data.val_fraction, job.data.pack, seed=cfg.seed)
+    if cfg.eval_every and not data.rows["val"]:
+        _say(f"no validation examples (val_fraction={job.data.val_fraction}): evaluation off")
+        cfg = dataclasses.replace(cfg, eval_every=0)
+    _say(f"method={job.method} lr={cfg.lr:g} {summary(model)}; {data.report.summary()}")
+    result = train(model, "causal_lm", data, cfg, tokenizer=tok)
+    saved = save_finetuned(model, tok, job.method, job.out_dir)
+    _say("wrote " + ", ".join(str(p) for p in saved.values()))
+    accuracy = None
+    if job.eval_data:
+        accuracy = evaluate_exact_match(model.eval(), tok, eval_pairs(job.eval_data, tok, job.data.separator),
+                                        job.eval_max_new_tokens)
+        _say(f"exact match on {job.eval_data}: {accuracy:.3f}")
+    return FinetuneResult(**{f.name: getattr(result, f.name) for f in dataclasses.fields(TrainResult)},
+                          exact_match=accuracy, **saved)
+
+
+@dataclass
+class MergeJob:
+    model: str = ""  # the base model the adapter was trained on
+    adapter: str = ""  # an adapter folder (groundup or Hugging Face PEFT layout)
+    out: str = ""  # the directory to write
+    to: Literal["groundup", "hf"] = "groundup"
+
+
+def merge_adapter(job: MergeJob) -> Path:
+    """Fold a LoRA / IA3 / BitFit adapter into its base model's weights and save the plain model."""
+    if not job.model or not job.adapter or not job.out:
+        raise ValueError("merge needs --model (the base), --adapter (the adapter folder) and --out (where to write)")
+    if job.to not in ("groundup", "hf"):
+        raise ValueError(f"to={job.to!r} is unknown; use 'groundup' (a checkpoint) or 'hf' (a Hugging Face folder)")
+    model, tok = load_pretrained(job.model)
+    model = attach_adapter(model, job.adapter)
+    method = peft_state(model).method
+    if method in ("prompt", "prefix"):
+        raise PeftError(f"a {method}-tuning adapter cannot be merged: it enters through the model's inputs, not its "
+                        "weights; use it unmerged (groundup generate --adapter)")
+    model = merge_and_unload(model)
+    if job.to == "hf":
+        from .interop.hf import save_hf
+
+        written = save_hf(model, tok, job.out)
+    else:
+        written = save_checkpoint(job.out, model, tokenizer=tok)
+    print(f"merged {job.adapter} ({method}) into {job.model}; wrote {written}")
+    return Path(written)
+
+
+__all__ = [
+    "METHODS", "METHOD_LR", "DataOptions", "FinetuneJob", "FinetuneResult", "MergeJob", "PeftOptions",
+    "attach_adapter", "eval_pairs", "evaluate_exact_match", "finetune", "greedy_completions", "merge_adapter",
+    "merge_for_inference", "virtual_tokens",
+    "peft_config", "prepare_model", "save_finetuned", "train_config",
+]
