@@ -26,8 +26,12 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 
 def _parse_value(raw: str, tp: Any) -> Any:
-    """Strings stay strings (a prompt of "123" is text); everything else is read as YAML (3e-4, true, [1, 2])."""
+    """Strings stay strings (a prompt of "123" is text); everything else is read as YAML (3e-4, true, [1, 2]);
+    a list option given one bare value is a list of one."""
     args = typing.get_args(tp)
+    if typing.get_origin(tp) is list or any(typing.get_origin(a) is list for a in args):
+        value = yaml.safe_load(raw)
+        return [value] if isinstance(value, str | int | float) else value
     if tp is str or typing.get_origin(tp) is typing.Literal or str in args:
         return None if raw in ("null", "None") and type(None) in args else raw
     return yaml.safe_load(raw)
@@ -51,17 +55,27 @@ def _set(tree: dict[str, Any], cls: type, key: str, raw: str, prefix: str = "") 
         tree[head] = _parse_value(raw, tp)
 
 
+def _default(cls: type, name: str) -> Any:
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None if field.default is dataclasses.MISSING else field.default
+
+
 def build(cls: type, values: dict[str, Any]) -> Any:
-    """Instantiate a (nested) job dataclass from a dict, naming the section of any bad key."""
+    """Instantiate a (nested) job dataclass from a dict, naming the section of any bad key. A section
+    given in part keeps the job's own defaults for the rest (--train.max_steps keeps train.out_dir)."""
     types_ = _field_types(cls)
     unknown = sorted(set(values) - set(types_))
     if unknown:
         raise CLIError(f"{cls.__name__} has no option(s) {unknown}; options are: {sorted(types_)}")
     kwargs = {}
     for name, value in values.items():
-        tp = types_[name]
-        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
-            value = build(tp, value)
+        tp, default = types_[name], _default(cls, name)
+        if isinstance(value, dict) and dataclasses.is_dataclass(default):
+            value = build(tp, {**dataclasses.asdict(default), **value})
+        elif isinstance(value, dict) and isinstance(default, dict):
+            value = {**default, **value}
         kwargs[name] = _as_float(value, name) if float in (tp, *typing.get_args(tp)) else value
     return cls(**kwargs)
 
@@ -137,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print("usage: groundup COMMAND [--help] [--key=value ...]\n\ncommands:")
         for name, (_, fn, _) in commands.items():
-            print(f"  {name:14s} {(fn.__doc__ or '').strip().splitlines()[0]}")
+            print(f"  {name:16s} {(fn.__doc__ or '').strip().splitlines()[0]}")
         return 0
     name, rest = argv[0], argv[1:]
     if rest and f"{name} {rest[0]}" in commands:  # two-word commands: `groundup data clean`

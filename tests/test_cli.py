@@ -114,3 +114,16 @@ def test_resuming_with_another_architecture_names_the_fields(trained, corpus):
 def test_prompt_longer_than_the_context_is_refused(trained):
     done = groundup("generate", f"--model={trained / 'ckpt'}", "--prompt=" + "to be " * 20)
     assert done.returncode == 2 and "block_size=32" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_partial_section_keeps_the_job_defaults():
+    job = parse_job(PretrainJob, ["--train.max_steps=5", "--model.n_layer=2"])
+    assert job.train.out_dir == "runs/pretrain" and job.train.max_steps == 5
+    assert job.model == {"preset": "gpt-shakespeare-char", "n_layer": 2}
+
+
+def test_list_options_take_a_yaml_list_or_one_value():
+    from groundup.jobs import GenerateJob
+
+    assert parse_job(GenerateJob, ["--stop", "[QUEEN, ROMEO]"]).stop == ["QUEEN", "ROMEO"]
+    assert parse_job(GenerateJob, ["--stop", "KING"]).stop == ["KING"]
