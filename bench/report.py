@@ -16,7 +16,7 @@ from common import RESULTS, table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- results:start (bench/report.py writes this part) -->", "<!-- results:end -->"
-ORDER = ["train_throughput", "decode"]
+ORDER = ["quickstart_vs_nanogpt", "train_throughput", "decode", "smollm2"]
 
 
 def section(name: str, result: dict) -> str:
