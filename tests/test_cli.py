@@ -127,3 +127,15 @@ def test_list_options_take_a_yaml_list_or_one_value():
 
     assert parse_job(GenerateJob, ["--stop", "[QUEEN, ROMEO]"]).stop == ["QUEEN", "ROMEO"]
     assert parse_job(GenerateJob, ["--stop", "KING"]).stop == ["KING"]
+
+
+CONFIGS = sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml"))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_every_shipped_config_trains(tmp_path, config):
+    """Each recipe under configs/ runs as written (2 steps; sizes as in the file, except the corpus size)."""
+    done = groundup("pretrain", f"--config={config}", f"--train.out_dir={tmp_path}", "--train.max_steps=2",
+                    "--train.eval_every=2", "--train.eval_batches=1", "--train.progress=false", "--data.n_pairs=500")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "ckpt" / "model.safetensors").is_file()
