@@ -14,7 +14,7 @@ from .train import TrainConfig, TrainResult
 @dataclass
 class QuickstartJob:
     out_dir: str = "runs/quickstart"
-    max_steps: int = 2000
+    max_steps: int = 1800  # fits the wall-clock of nanoGPT's 2000-iteration CPU recipe (bench/quickstart_vs_nanogpt.py)
     dtype: str = "fp32"  # at this size fp32 steps are faster than bf16 autocast on CPU (casts dominate)
     seed: int = 1337
     samples: int = 2
@@ -27,7 +27,7 @@ def quickstart_job(job: QuickstartJob) -> PretrainJob:
     model = dict(preset="llama-tiny", block_size=64, n_layer=4, n_head=4, n_kv_head=4, d_model=128, d_ff=344)
     train = TrainConfig(
         out_dir=job.out_dir, max_steps=job.max_steps, batch_size=12, lr=3e-3, min_lr=3e-4, warmup_steps=50,
-        weight_decay=0.1, beta2=0.99, eval_every=250, eval_batches=50, ckpt_every=1000, dtype=job.dtype,
+        weight_decay=0.1, beta2=0.99, eval_every=250, eval_batches=20, ckpt_every=1000, dtype=job.dtype,
         seed=job.seed, log_every=10, resume=True,  # a second run continues (or reuses) the first
     )
     return PretrainJob(model=model, data=DataSpec(tokenizer="char"), train=train)
