@@ -129,7 +129,8 @@ def agreement(a: torch.Tensor, b: torch.Tensor) -> str:
     return f"NO (from new token {first})"
 
 
-def decode_rows(hf, ours, dname: str, prompts: torch.Tensor, repeat: int, bw: list[dict], raw: dict) -> list[dict]:
+def decode_rows(hf, ours, dname: str, prompts: torch.Tensor, repeat: int, bw: list[dict], raw: dict,
+                nbytes: int) -> list[dict]:
     rows = []
     for batch in (1, 8):
         ids = prompts[:batch]
@@ -143,7 +144,7 @@ def decode_rows(hf, ours, dname: str, prompts: torch.Tensor, repeat: int, bw: li
         raw[f"decode {dname} batch {batch}"] = {"wall": times, "cpu": cpu}
         row = dict(dtype=dname, batch=batch, match=agreement(out["hf"], out["ours"]),
                    hf=batch * NEW / common.median(times["hf"]), ours=batch * NEW / common.median(times["ours"]),
-                   cpu_ratio=common.speedup(cpu["hf"], cpu["ours"]), bytes=weight_bytes(ours))
+                   cpu_ratio=common.speedup(cpu["hf"], cpu["ours"]), bytes=nbytes)
         rows.append(row)
         print(f"decode {dname} batch {batch}: transformers {row['hf']:.1f} tok/s, groundup {row['ours']:.1f} tok/s, "
               f"greedy match {row['match']}; bandwidth now {bw[-1]['limit_GBps']:.1f} GB/s", flush=True)
@@ -214,7 +215,7 @@ def main() -> None:
         fast = copy.deepcopy(ours)
         pack_for_inference(fast)  # groundup's inference layout of the same weights (generate / chat / serve use it)
         if not args.skip_decode:
-            decode += decode_rows(hf, fast, dname, prompts, repeat, bw, raw)
+            decode += decode_rows(hf, fast, dname, prompts, repeat, bw, raw, bytes_per_token[dname])
         if not args.skip_prefill:
             prefill += prefill_rows(hf, fast, dname, long_prompt, 1, 2 if args.quick else 3, raw)
     overhead = overhead_rows(repeat + 2, raw)

@@ -11,20 +11,28 @@ memory. Stock F.linear on CPU falls short of that in two cases, measured on this
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
 class PackedLinear(nn.Module):
-    """y = x W^T + b with a bf16 W held in oneDNN's packed layout."""
+    """y = x W^T + b with a bf16 W also held in oneDNN's packed layout, used for the few rows of a decode
+    step; prompts (many rows) keep stock F.linear, which is as fast or faster there."""
+
+    max_packed_rows = 16
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
+        self.weight = linear.weight.detach()  # (out, in), shared with the original layer: no copy
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, None)
         self.bias = None if linear.bias is None else linear.bias.detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, self.in_features), self.packed, self.bias, "none", [], "")
+        x2 = x.reshape(-1, self.in_features)  # (N, in)
+        if x2.shape[0] > self.max_packed_rows:
+            return F.linear(x, self.weight, self.bias)
+        y = torch.ops.mkldnn._linear_pointwise(x2, self.packed, self.bias, "none", [], "")
         return y.view(*x.shape[:-1], self.out_features)  # (..., out)
 
 
@@ -47,7 +55,8 @@ class TransposedLinear(nn.Module):
 def pack_for_inference(model: nn.Module) -> int:
     """Swap every nn.Linear of a CPU model for the layout its dtype decodes fastest with, in place;
     returns how many were swapped (0 off the CPU). The model is then for inference only: reload it
-    to train or save. A head tied to the embedding becomes a copy (one more vocab x d matrix)."""
+    to train or save. bf16 layers keep their weight beside the packed copy, so packing doubles a bf16
+    model's weight memory; fp32 layers keep only the transposed copy."""
     weight = next(model.parameters())
     if weight.device.type != "cpu":
         return 0
