@@ -10,6 +10,7 @@ dequantized weights, and llama.cpp (llama-cpp-python) on the Q4_1 file itself.
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 import time
@@ -91,14 +92,14 @@ def main() -> None:
     rows = []
     for dname, dtype in DTYPES.items():
         hf.to(dtype)
-        ours = ours.to(dtype)
-        pack_for_inference(ours)  # bf16 only; fp32 stays as it is
+        fast = copy.deepcopy(ours).to(dtype)
+        pack_for_inference(fast)  # groundup's inference layout (what generate / chat use)
         cfg = GenerationConfig(max_new_tokens=NEW, temperature=0.0)
         for batch in (1, 8):
             p = prompts[:batch]
             run_hf = lambda p=p: hf.generate(p, attention_mask=torch.ones_like(p), do_sample=False,
                                              max_new_tokens=NEW, min_new_tokens=NEW, pad_token_id=0)
-            run_ours = lambda p=p: generate(ours, p.tolist(), cfg)
+            run_ours = lambda p=p, fast=fast: generate(fast, p.tolist(), cfg)
             wall, cpu = common.interleaved({"hf": run_hf, "ours": run_ours}, warmup=1, repeat=repeat)
             raw[f"{dname} batch {batch}"] = {"wall": wall, "cpu": cpu}
             bw.append(bandwidth())
