@@ -15,8 +15,10 @@ import json
 import warnings
 from pathlib import Path
 
+import peft  # noqa: E402
 import pytest
 import torch
+import transformers  # noqa: E402
 from torch import nn
 from torch.testing import assert_close
 
@@ -26,8 +28,6 @@ from groundup.interop import save_hf
 from groundup.interop.peft_format import load_peft, save_peft
 from groundup.models import DecoderLM, Encoder
 
-peft = pytest.importorskip("peft")
-transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
 
 V, T = 64, 11
