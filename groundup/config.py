@@ -23,6 +23,15 @@ class ConfigError(ValueError):
     """A config field has a bad value; the message names the field and the fix."""
 
 
+def from_checked_dict(cls: type, data: dict[str, Any], error: type[Exception]) -> Any:
+    """cls(**data) for a config dataclass, refusing unknown keys by name (a typo never passes silently)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise error(f"{cls.__name__} has no field(s) {unknown}; known fields: {sorted(known)}")
+    return cls(**data)
+
+
 @dataclass
 class ModelConfig:
     arch: Arch = "decoder"
@@ -99,11 +108,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"ModelConfig has no field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**data)
+        return from_checked_dict(cls, data, ConfigError)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))

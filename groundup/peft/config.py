@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from ..config import from_checked_dict
+
 
 class PeftError(ValueError):
     """Bad PEFT input (a config field, a target pattern, an adapter for another model); the message says the fix."""
@@ -53,11 +55,7 @@ class PeftConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PeftConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise PeftError(f"{cls.__name__} has no field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**data)
+        return from_checked_dict(cls, data, PeftError)
 
 
 @dataclass

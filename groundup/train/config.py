@@ -13,6 +13,8 @@ from typing import Any, Literal, get_args
 
 import torch
 
+from groundup.config import from_checked_dict
+
 Dtype = Literal["bf16", "fp32", "fp16"]
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -111,8 +113,4 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise TrainConfigError(f"TrainConfig has no field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**data)
+        return from_checked_dict(cls, data, TrainConfigError)
