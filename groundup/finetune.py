@@ -6,7 +6,7 @@
             adapter/      the adapter, groundup format      (load_adapter, `groundup generate --adapter`)
             adapter_hf/   the same adapter in Hugging Face PEFT's layout (lora, ia3, prompt)
             model/        method=full: a groundup checkpoint (load_pretrained)
-            ckpt/         the loop's resumable checkpoint: the *wrapped* model, optimizer, RNG states
+            ckpt/         the loop's resumable checkpoint: the trainable parameters, optimizer, RNG states
 
 Resume (TrainConfig.resume) rebuilds the same wrapped model (same base, same inject) before train() loads
 ckpt/ into it, so the saved state dict always meets the structure it came from. Methods differ only in
@@ -27,7 +27,7 @@ from torch import nn
 
 from .data.arithmetic import exact_match
 from .data.instruct import DEFAULT_SEPARATOR, FORMATS, InstructData, load_instructions
-from .generate import GenerationConfig, generate_text
+from .generate import GenerationConfig, context_room, generate_text
 from .loading import load_pretrained
 from .peft import (
     BitFitConfig,
@@ -35,9 +35,7 @@ from .peft import (
     LoraConfig,
     PeftConfig,
     PeftError,
-    PrefixModel,
     PrefixTuningConfig,
-    PromptModel,
     PromptTuningConfig,
     inject,
     load_adapter,
@@ -194,21 +192,12 @@ def save_finetuned(model: nn.Module, tokenizer: Tokenizer | None, method: str, o
 
 
 # --- evaluation -------------------------------------------------------------------------------------------------
-def virtual_tokens(model: nn.Module) -> int:
-    """Positions the active soft prompt or prefix takes in front of the input (0 for other models)."""
-    if isinstance(model, PrefixModel):
-        return model.prefix_length()
-    if isinstance(model, PromptModel) and not model.disabled and model.active in model.prompts:
-        return model.prompts[model.active].weight.shape[0]
-    return 0
-
-
 def greedy_completions(model: nn.Module, tokenizer: Tokenizer, prompts: Sequence[str], max_new_tokens: int = 32,
                        batch_size: int = 16, stop: Sequence[str] = ()) -> list[str]:
     """Greedy completions of `prompts`, generated `batch_size` at a time (left-padded batches)."""
     if prompts:  # like a plain model's, generation stops at the end of the context, virtual tokens included
         longest = max(len(tokenizer.encode(p)) for p in prompts)
-        max_new_tokens = max(1, min(max_new_tokens, model.config.block_size - virtual_tokens(model) - longest))
+        max_new_tokens = max(1, min(max_new_tokens, context_room(model) - longest))
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, stop=tuple(stop))
     out: list[str] = []
     for i in range(0, len(prompts), batch_size):
@@ -343,6 +332,6 @@ def merge_adapter(job: MergeJob) -> Path:
 __all__ = [
     "METHODS", "METHOD_LR", "DataOptions", "FinetuneJob", "FinetuneResult", "MergeJob", "PeftOptions",
     "attach_adapter", "eval_pairs", "evaluate_exact_match", "finetune", "greedy_completions", "merge_adapter",
-    "merge_for_inference", "virtual_tokens",
+    "merge_for_inference",
     "peft_config", "prepare_model", "save_finetuned", "train_config",
 ]

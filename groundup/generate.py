@@ -65,14 +65,21 @@ def _left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tu
     return ids, mask  # (B, P) each
 
 
+def context_room(model: nn.Module) -> int:
+    """Positions left for prompt + generated tokens: the context less any soft prompt / prefix in front."""
+    virtual = model.virtual_tokens() if hasattr(model, "virtual_tokens") else 0
+    return model.config.block_size - virtual
+
+
 def _check_prompts(model: nn.Module, prompts: list[list[int]]) -> int:
-    block = model.config.block_size
+    block = context_room(model)
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token; got an empty prompt")
     longest = max(len(p) for p in prompts)
     if longest >= block:
         raise ValueError(
-            f"prompt of {longest} tokens does not fit the model's context (block_size={block}) with room to "
+            f"prompt of {longest} tokens does not fit the model's context ({block} positions: block_size="
+            f"{model.config.block_size} less virtual tokens) with room to "
             "generate; shorten the prompt"
         )
     return longest
@@ -85,7 +92,7 @@ def decode_steps(model: nn.Module, prompts: list[list[int]], cfg: GenerationConf
     model.eval()
     width = _check_prompts(model, prompts)
     device = next(model.parameters()).device
-    steps = min(cfg.max_new_tokens, model.config.block_size - width)
+    steps = min(cfg.max_new_tokens, context_room(model) - width)
     generator = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.seed is not None else None
     ids, mask = _left_pad(prompts, 0, device)
     padded = bool((mask == 0).any())

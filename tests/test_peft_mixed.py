@@ -236,3 +236,15 @@ def test_nearest_tokens_of_a_text_initialised_prompt() -> None:
     assert P.nearest_tokens(model.prompts["default"], model.token_embedding(), k=2)[0][0] == init_ids[0]
     with pytest.raises(P.PeftError, match="needs the tokenizer"):
         P.inject(copy.deepcopy(model), P.PromptTuningConfig(init="text", init_text="fox"), "b")
+
+
+@pytest.mark.parametrize("cfg", [P.PromptTuningConfig(n_virtual_tokens=5), P.PrefixTuningConfig(4, None)])
+def test_generation_budgets_the_virtual_tokens_in_front(cfg):
+    """Learned positions end at block_size: generation must stop where prompt + virtual + new tokens fill it."""
+    model = P.inject(build("gpt2"), cfg)
+    room = SMALL["block_size"] - cfg.n_virtual_tokens
+    prompt = list(range(1, 51))
+    out = generate(model, [prompt], GenerationConfig(max_new_tokens=100, temperature=0.0))
+    assert len(out[0]) == room - len(prompt)
+    with pytest.raises(ValueError, match=f"{room} positions"):
+        generate(model, [list(range(1, room + 1))], GenerationConfig(max_new_tokens=1))

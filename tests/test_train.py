@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from groundup.config import preset
 from groundup.models import build_model
@@ -358,3 +359,28 @@ def test_failed_save_leaves_previous_checkpoint_intact(tmp_path: Path, monkeypat
     save_checkpoint(path, model, opt, {"step": 2})  # and a normal save replaces it
     assert load_checkpoint(path, W.tiny_lm()).state == {"step": 2}
     assert _leftovers(tmp_path) == []
+
+
+def test_trainable_only_checkpoint_holds_the_trainable_parameters_and_needs_the_same_frozen_base(
+        tmp_path: Path) -> None:
+    def partly_frozen() -> torch.nn.Module:
+        torch.manual_seed(0)
+        m = W.tiny_lm()
+        for name, p in m.named_parameters():
+            p.requires_grad_(name.startswith("lm_head") or ".mlp." in name)
+        return m
+
+    model = partly_frozen()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # frozen and trainable alike differ from a fresh build now
+    path = save_checkpoint(tmp_path / "ck", model, trainable_only=True)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(load_file(str(path / "model.safetensors"))) == trainable
+
+    again = load_checkpoint(path, partly_frozen()).model
+    fresh = partly_frozen()
+    for (name, a), b, f in zip(again.named_parameters(), model.parameters(), fresh.parameters(), strict=True):
+        assert torch.equal(a, b if name in trainable else f), name  # trainable from the file, frozen from the base
+    with pytest.raises(CheckpointError, match="holds only trainable parameters.*same base"):
+        load_checkpoint(path, W.tiny_lm())  # every parameter trainable: the frozen ones are missing

@@ -113,12 +113,13 @@ class PrefixModel(nn.Module):
             raise PeftError("adapter_rows does not support prefix tuning (one prefix per batch); use LoRA or prompts")
         return not self.disabled and self.active in self.prefixes
 
-    def prefix_length(self) -> int:
+    def virtual_tokens(self) -> int:
+        """Positions the active prefix takes in front of the input."""
         return self.prefixes[self.active].n_virtual if self._on() else 0
 
     def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None):
         """A KV cache with the active prefix already written at positions 0..P-1 (what groundup.generate uses)."""
-        P = self.prefix_length()
+        P = self.virtual_tokens()
         cache = self.base_model.new_cache(batch_size, (max_len or self.config.block_size) + P, dtype)
         if P:
             kv = self.prefixes[self.active]().to(cache.k[0].dtype)  # (L, 2, Hkv, P, D)
@@ -135,7 +136,7 @@ class PrefixModel(nn.Module):
     ) -> torch.Tensor:
         """Logits for the input tokens. Without a cache a fresh one holding the prefix is made (training);
         a cache passed in must come from this model's new_cache (it already holds the prefix)."""
-        P = self.prefix_length()
+        P = self.virtual_tokens()
         if P == 0:
             return self.base_model(input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                    position_ids=position_ids, cache=cache, start=start, last_only=last_only)

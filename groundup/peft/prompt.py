@@ -135,6 +135,13 @@ class PromptModel(nn.Module):
     def _on(self) -> bool:
         return not self.disabled and (self.rows is not None or self.active in self.prompts)
 
+    def virtual_tokens(self) -> int:
+        """Positions the soft prompt takes in front of the input (the widest, in a mixed batch)."""
+        if not self._on():
+            return 0
+        names = self.rows.order if self.rows is not None else (self.active,)
+        return max(self.prompts[n].weight.shape[0] for n in names)
+
     def _codes(self, batch: int, device: torch.device) -> tuple[tuple[str, ...], torch.Tensor]:
         if self.rows is None:
             return (self.active,), torch.ones(batch, dtype=torch.long, device=device)

@@ -1,6 +1,8 @@
 """Checkpoints: one directory, written atomically.
 
-    <dir>/model.safetensors   weights (shared/tied tensors stored once, re-tied on load)
+    <dir>/model.safetensors   weights (shared/tied tensors stored once, re-tied on load); with
+                              trainable_only, just the parameters that require grad (a LoRA run over a
+                              135M-parameter base saves a few MB, not the frozen base again)
     <dir>/config.json         model.config.to_dict()
     <dir>/tokenizer.json      when a tokenizer is given
     <dir>/optimizer.pt        optimizer.state_dict() (torch.save)
@@ -24,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors import safe_open
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
 MODEL_FILE = "model.safetensors"
@@ -93,10 +96,19 @@ def _recover(path: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that require grad, by state-dict name (shared parameters once)."""
+    return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
 def _write_files(
-    tmp: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, state: dict[str, Any], tokenizer: Any
+    tmp: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, state: dict[str, Any], tokenizer: Any,
+    trainable_only: bool,
 ) -> None:
-    save_model(model, str(tmp / MODEL_FILE), metadata={"format": "pt"})
+    if trainable_only:
+        save_file(trainable_state(model), str(tmp / MODEL_FILE), metadata={"format": "pt", "weights": "trainable"})
+    else:
+        save_model(model, str(tmp / MODEL_FILE), metadata={"format": "pt"})
     (tmp / CONFIG_FILE).write_text(json.dumps(_config_dict(model), indent=2))
     if tokenizer is not None:
         tokenizer.save(str(tmp))
@@ -116,8 +128,12 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     state: dict[str, Any] | None = None,
     tokenizer: Any = None,
+    trainable_only: bool = False,
 ) -> Path:
-    """Write a checkpoint directory at `path` atomically (see module docstring). Returns the path."""
+    """Write a checkpoint directory at `path` atomically (see module docstring). Returns the path.
+
+    trainable_only: store only the parameters that require grad; loading it needs a model that already holds
+    the frozen rest (the same base, wrapped the same way), as a resumed fine-tuning run rebuilds it."""
     path = Path(path)
     model = unwrap(model)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,7 +143,7 @@ def save_checkpoint(
     old = _old_path(path)
     moved_old = False
     try:
-        _write_files(tmp, model, optimizer, state or {}, tokenizer)
+        _write_files(tmp, model, optimizer, state or {}, tokenizer, trainable_only)
         if path.exists():
             os.replace(path, old)
             moved_old = True
@@ -199,13 +215,40 @@ def load_checkpoint(
     model = unwrap(model)
     check_architecture(saved, model, path)
     device = next(iter(model.parameters())).device
-    missing, unexpected = load_model(model, path / MODEL_FILE, strict=False, device=str(device))
+    if _is_trainable_only(path / MODEL_FILE):
+        _load_trainable(model, path / MODEL_FILE, device)
+    else:
+        missing, unexpected = load_model(model, path / MODEL_FILE, strict=False, device=str(device))
+        _check_keys(path, model, missing, unexpected)
+    if optimizer is not None:
+        optimizer.load_state_dict(torch.load(path / OPTIMIZER_FILE, map_location=device, weights_only=True))
+    state = json.loads((path / STATE_FILE).read_text()) if (path / STATE_FILE).is_file() else {}
+    return Checkpoint(path=path, model=model, config=saved, state=state)
+
+
+def _is_trainable_only(file: Path) -> bool:
+    with safe_open(str(file), framework="pt") as f:
+        return (f.metadata() or {}).get("weights") == "trainable"
+
+
+def _check_keys(path: Path, model: nn.Module, missing: Any, unexpected: Any) -> None:
     if missing or unexpected:
         raise CheckpointError(
             f"{path / MODEL_FILE} does not fit {type(model).__name__}: missing keys {sorted(missing)[:8]}, "
             f"unexpected keys {sorted(unexpected)[:8]}; the checkpoint came from another model class"
         )
-    if optimizer is not None:
-        optimizer.load_state_dict(torch.load(path / OPTIMIZER_FILE, map_location=device, weights_only=True))
-    state = json.loads((path / STATE_FILE).read_text()) if (path / STATE_FILE).is_file() else {}
-    return Checkpoint(path=path, model=model, config=saved, state=state)
+
+
+def _load_trainable(model: nn.Module, file: Path, device: torch.device) -> None:
+    """Load a trainable_only file: its keys must be exactly the model's trainable parameters."""
+    from safetensors.torch import load_file
+
+    saved = load_file(str(file), device=str(device))
+    expected = set(trainable_state(model))
+    if set(saved) != expected:
+        raise CheckpointError(
+            f"{file} holds only trainable parameters, and they do not match {type(model).__name__}'s (missing "
+            f"{sorted(expected - set(saved))[:8]}, unexpected {sorted(set(saved) - expected)[:8]}); load it into "
+            "the model it was trained from: the same base with the same adapters injected / layers frozen"
+        )
+    model.load_state_dict(saved, strict=False)

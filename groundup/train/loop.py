@@ -160,7 +160,8 @@ class _Trainer:
             "world_size": self.env.world_size,
             "train_config": self.cfg.to_dict(),
         }
-        save_checkpoint(self.ckpt_dir, self.raw, self.optimizer, state, self.tokenizer)
+        frozen = any(not p.requires_grad for p in self.raw.parameters())  # PEFT: the base is rebuilt on resume
+        save_checkpoint(self.ckpt_dir, self.raw, self.optimizer, state, self.tokenizer, trainable_only=frozen)
 
     # ---------------------------------------------------------------- one step
     def _autocast(self) -> AbstractContextManager:
