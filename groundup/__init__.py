@@ -5,10 +5,12 @@ from .config import ModelConfig, preset
 from .generate import GenerationConfig, generate, generate_text, stream_text
 from .loading import load_pretrained
 from .models import build_model
+from .quant import quantize
+from .serve.cascade import Cascade
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ModelConfig", "preset", "build_model", "load_pretrained", "GenerationConfig", "generate", "generate_text",
-    "stream_text", "Chat", "apply_chat_template",
+    "stream_text", "Chat", "apply_chat_template", "quantize", "Cascade",
 ]

@@ -115,8 +115,13 @@ def parse_job(cls: type, argv: list[str]) -> Any:
             _merge(tree, loaded)
         else:
             flags.append((key.replace("-", "_"), raw))
+    seen: set[str] = set()
     for key, raw in flags:
+        before = tree.get(key) if key in seen else None
         _set(tree, cls, key, raw)
+        if isinstance(before, list) and isinstance(tree.get(key), list):  # a repeated list flag adds items
+            tree[key] = before + tree[key]
+        seen.add(key)
     return build(cls, tree)
 
 

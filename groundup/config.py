@@ -64,6 +64,13 @@ class ModelConfig:
     # RoPE frequency rescaling for long context, HF's format: None, {"rope_type": "linear", "factor": f} or
     # {"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}
     rope_scaling: dict[str, Any] | None = None
+    # Mixture of experts (nn/moe.py), decoder only: each block's MLP becomes n_expert MLPs and a router.
+    n_expert: int = 0  # 0 = a dense MLP
+    n_expert_per_token: int = 1  # k: experts each token is sent to (Switch: 1, Mixtral: 2)
+    expert_capacity_factor: float | None = None  # None or 0 = no token dropping (Mixtral); else Switch capacity
+    router_norm_topk: bool = True  # renormalise the top-k probabilities to sum to 1 (Mixtral); False = Switch
+    router_aux_loss_coef: float = 0.01  # Switch load-balancing loss weight (training only)
+    router_z_loss_coef: float = 0.001  # ST-MoE router z-loss weight (training only)
 
     def __post_init__(self) -> None:
         for name, kind in (("arch", Arch), ("pos", Pos), ("norm", Norm), ("mlp", MLPKind), ("attn_backend", Backend)):
@@ -98,6 +105,7 @@ class ModelConfig:
             self.n_decoder_layer = self.n_layer
         if self.rope_scaling is not None:
             _check_rope_scaling(self.rope_scaling)
+        _check_moe(self)
 
     @property
     def gated(self) -> bool:
@@ -140,6 +148,32 @@ def _check_rope_scaling(scaling: Any) -> None:
         raise ConfigError(f"ModelConfig.rope_scaling (rope_type={kind!r}) needs numeric {missing}; add them")
 
 
+def _check_moe(cfg: ModelConfig) -> None:
+    if not isinstance(cfg.n_expert, int) or cfg.n_expert < 0:
+        raise ConfigError(f"ModelConfig.n_expert={cfg.n_expert!r} must be an integer >= 0 (0 = dense MLP)")
+    for name in ("router_aux_loss_coef", "router_z_loss_coef"):
+        value = getattr(cfg, name)
+        if not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"ModelConfig.{name}={value!r} must be a number >= 0 (0 turns the loss off)")
+    cf = cfg.expert_capacity_factor
+    if cf is not None and (not isinstance(cf, (int, float)) or cf < 0):
+        raise ConfigError(
+            f"ModelConfig.expert_capacity_factor={cf!r} must be None or 0 (no token dropping) or a number > 0 "
+            "(e.g. 1.25: each expert takes ceil(1.25 * tokens * k / n_expert) tokens)"
+        )
+    if cfg.n_expert == 0:
+        return
+    if cfg.arch != "decoder":
+        raise ConfigError(
+            f"ModelConfig.n_expert={cfg.n_expert} needs arch='decoder' (got {cfg.arch!r}); set n_expert=0"
+        )
+    k = cfg.n_expert_per_token
+    if not isinstance(k, int) or not 1 <= k <= cfg.n_expert:
+        raise ConfigError(
+            f"ModelConfig.n_expert_per_token={k!r} must be an integer in [1, n_expert={cfg.n_expert}]"
+        )
+
+
 GPT2 = dict(pos="learned", norm="layernorm", mlp="gelu_tanh", bias=True, tie_embeddings=True, prenorm=True)
 LLAMA = dict(pos="rope", norm="rmsnorm", mlp="swiglu", bias=False, prenorm=True, norm_eps=1e-5)
 BERT = dict(
@@ -154,6 +188,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpt2": dict(GPT2, vocab_size=50257, block_size=1024, n_layer=12, n_head=12, d_model=768),
     "gpt2-medium": dict(GPT2, vocab_size=50257, block_size=1024, n_layer=24, n_head=16, d_model=1024),
     "llama-tiny": dict(LLAMA, block_size=256, n_layer=4, n_head=8, n_kv_head=2, d_model=256, d_ff=688),
+    # Mixtral's layout (8 experts, top-2, SwiGLU, no token dropping) at a CPU-friendly size.
+    "mixtral-tiny": dict(
+        LLAMA, block_size=256, n_layer=4, n_head=8, n_kv_head=2, d_model=256, d_ff=344, n_expert=8,
+        n_expert_per_token=2,
+    ),
     "smollm2-135m": dict(
         LLAMA, vocab_size=49152, block_size=8192, n_layer=30, n_head=9, n_kv_head=3, d_model=576,
         d_ff=1536, rope_theta=100000.0, tie_embeddings=True,

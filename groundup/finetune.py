@@ -44,6 +44,8 @@ from .peft import (
     summary,
 )
 from .peft.api import peft_state
+from .quant import FORMATS as QUANT_FORMATS
+from .quant import quantize
 from .tokenizer import Tokenizer
 from .train import TrainConfig, TrainResult, save_checkpoint, train
 
@@ -91,10 +93,17 @@ class FinetuneJob:
     out_dir: str = "runs/finetune"  # every output goes here (train.out_dir follows it)
     eval_data: str = ""  # JSONL whose exact-match accuracy is reported after training ("" = none)
     eval_max_new_tokens: int = 32
+    quantize: str = ""  # "" (float base) | int8 | int4 | nf4: a frozen quantized base (QLoRA: nf4 + lora), bf16 rest
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method={self.method!r} is unknown; use one of {list(METHODS)}")
+        if self.quantize and self.quantize not in QUANT_FORMATS:
+            raise ValueError(f"quantize={self.quantize!r} is unknown; use one of {list(QUANT_FORMATS)} or leave it "
+                             "empty for a float base")
+        if self.quantize and self.method == "full":
+            raise ValueError(f"quantize={self.quantize!r} freezes the base weights, so method='full' has nothing to "
+                             "train; use --method lora (QLoRA), ia3, prompt or prefix, or drop --quantize")
         if self.data.fmt != "auto" and self.data.fmt not in FORMATS:
             raise ValueError(f"data.fmt={self.data.fmt!r} is unknown; use 'auto' or one of {list(FORMATS)}")
 
@@ -248,7 +257,8 @@ def _record_job(job: FinetuneJob, cfg: TrainConfig) -> None:
     """Write out_dir/finetune_job.json; when resuming, first check the run being continued built the same model
     (base, method, PEFT options), so a mismatch is named here rather than as missing checkpoint keys."""
     path = Path(job.out_dir) / "finetune_job.json"
-    mine = {"model": job.model, "method": job.method, "peft": dataclasses.asdict(job.peft)}
+    mine = {"model": job.model, "method": job.method, "peft": dataclasses.asdict(job.peft),
+            **({"quantize": job.quantize} if job.quantize else {})}  # absent for a float base, as in older records
     has_ckpt = (Path(job.out_dir) / "ckpt").exists()
     if has_ckpt and not cfg.resume:
         return  # train() refuses to overwrite that run; keep its record
@@ -275,7 +285,9 @@ def finetune(job: FinetuneJob) -> FinetuneResult:
     examples, report = load_instructions(job.data.path, job.data.fmt, job.data.skip_bad, job.data.separator)
     _say(report.summary())
     _record_job(job, cfg)
-    model, tok = load_pretrained(job.model)
+    model, tok = load_pretrained(job.model, torch.bfloat16 if job.quantize else torch.float32)
+    if job.quantize:  # QLoRA (Dettmers et al. 2023): the adapters train in bf16 autocast over a frozen 4-bit base
+        _say(f"quantized the base: {quantize(model, job.quantize).summary()}")
     if tok is None or tok.eos_id is None:
         raise ValueError(f"model {job.model!r} has no tokenizer with an eos token; fine-tuning needs one to end "
                          "completions (save the tokenizer with the checkpoint)")

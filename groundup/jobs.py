@@ -25,7 +25,10 @@ from .loading import load_pretrained
 from .nn.packed_linear import pack_for_inference
 from .peft.api import SWAP_LAYERS
 from .pretrain import PretrainJob, pretrain
+from .quant import QuantReport, quantize
+from .quant.formats import check_format
 from .quickstart import QuickstartJob, quickstart
+from .serve.server import ServeJob, serve
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -135,6 +138,31 @@ def convert_cli(job: ConvertJob) -> Path:
     written = save_hf(model, tok, job.out) if job.to == "hf" else save_checkpoint(job.out, model, tokenizer=tok)
     print(f"wrote {written}")
     return Path(written)
+
+
+@dataclass
+class QuantizeJob:
+    model: str = ""  # what to quantize: checkpoint dir, HF dir, .gguf file or packaged name
+    to: str = "int8"  # int8 | int4 | nf4
+    out: str = ""  # the checkpoint directory to write (load_pretrained / generate --model read it back)
+    group_size: int = 32  # int4: weights per scale and zero (32, 64 or 128)
+    dtype: str = "bf16"  # what stays in floating point (embeddings, norms, lm_head): bf16 | fp32
+
+
+def quantize_cli(job: QuantizeJob) -> QuantReport:
+    """Quantize a model's linear layers (int8 / int4 / NF4, weight-only) and save it as a groundup checkpoint."""
+    from .train.checkpoint import save_checkpoint
+
+    if not job.model or not job.out:
+        raise ValueError("quantize needs --model (what to read) and --out (the directory to write)")
+    if job.dtype not in DTYPES:
+        raise ValueError(f"dtype={job.dtype!r} is unknown; use one of {list(DTYPES)}")
+    check_format(job.to)
+    model, tok = load_pretrained(job.model, DTYPES[job.dtype])
+    report = quantize(model, job.to, job.group_size)
+    written = save_checkpoint(job.out, model, tokenizer=tok)
+    print(f"{report.summary()}\nwrote {written}")
+    return report
 
 
 @dataclass
@@ -279,6 +307,11 @@ COMMANDS = {
   groundup convert --model runs/quickstart/ckpt --out exported-hf --to hf
   groundup convert --model smollm2-135m-instruct --out runs/smollm2 --to groundup
 """),
+    "quantize": (QuantizeJob, quantize_cli, """
+  groundup quantize --model smollm2-135m-instruct --to int4 --out runs/smollm2-int4   # ~3.6x fewer weight bytes
+  groundup generate --model runs/smollm2-int4 --prompt "The capital of France is" --temperature 0
+  groundup quantize --model runs/quickstart/ckpt --to nf4 --out runs/qs-nf4 --dtype fp32
+"""),
     "embed": (EmbedJob, embed_cli, """
   groundup embed --input sentences.txt --out embeddings.npy     # all-MiniLM-L6-v2 from its package
 """),
@@ -287,6 +320,7 @@ COMMANDS = {
   groundup finetune --data.path data/arithmetic/train.jsonl --eval_data data/arithmetic/test.jsonl   # LoRA
   groundup finetune --method prompt --peft.n_virtual_tokens 16 --data.path train.jsonl --out_dir runs/prompt
   groundup finetune --method full --model runs/quickstart/ckpt --data.path train.jsonl --train.lr 3e-5
+  groundup finetune --quantize nf4 --method lora --data.path train.jsonl      # QLoRA: LoRA over a frozen NF4 base
   groundup finetune --config run.yaml --train.resume true        # continue from <out_dir>/ckpt exactly
 """),
     "merge": (MergeJob, merge_adapter, """
@@ -303,6 +337,12 @@ COMMANDS = {
   groundup classify --method forest --data labelled.jsonl        # {"text": ..., "label": ...} per line
   groundup classify --method lora --limit 2000 --train.max_steps 200
   groundup classify --classifier runs/classify/classifier.joblib --predict new_lines.txt
+"""),
+    "serve": (ServeJob, serve, """
+  groundup serve                                          # the quickstart model (runs/quickstart/ckpt)
+  groundup serve --model smollm2-135m-instruct --adapter math=runs/finetune/adapter --port 8000
+  groundup serve --model smollm2-135m-instruct --embedding_model all-minilm-l6-v2 --api_key secret
+  groundup serve --model runs/quickstart/ckpt --engine.max_batch 32 --engine.max_queue 128
 """),
     "data clean": (CleanJob, clean_cli, """
   groundup data clean --input raw.jsonl --out clean.jsonl

@@ -34,13 +34,6 @@ WORDS = {"sport": "goal match team score win league coach ball", "food": "bread 
 FILLER = "the a of and to in is it".split()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def synthetic(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
     """Two classes told apart only by their topic words, mixed with shared filler words."""

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 TESTS = Path(__file__).resolve().parent
@@ -23,14 +22,6 @@ def _worker_module():
     spec.loader.exec_module(module)
     return module
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The reference run shares 2 cores with the 2 ranks: one intra-op thread each avoids OpenMP stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_ddp_two_ranks_match_one_process(tmp_path: Path) -> None:

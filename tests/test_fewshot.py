@@ -27,13 +27,6 @@ from groundup.train import save_checkpoint
 EXAMPLES = [(f"{a} + {a} =", str(2 * a)) for a in range(10)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def shots_of(prompt: str, sep: str = "\n\n") -> list[str]:
     return prompt.split(sep)[:-1]

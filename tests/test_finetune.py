@@ -40,13 +40,6 @@ from groundup.train import TrainConfig, causal_lm, save_checkpoint
 TEST_LR = {"full": 3e-3, "lora": 3e-2, "prompt": 1.0, "prefix": 3e-2, "ia3": 1e-1, "bitfit": 3e-2}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:

@@ -25,14 +25,6 @@ from groundup.tokenizer import char_tokenizer
 from groundup.train import save_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def groundup(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "groundup", *args], capture_output=True, text=True, env=env,

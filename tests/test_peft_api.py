@@ -20,13 +20,6 @@ V, T = 64, 8
 SMALL = dict(vocab_size=V, n_layer=2, d_model=32, n_head=4, block_size=64)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def llama() -> DecoderLM:
     torch.manual_seed(0)

@@ -27,13 +27,6 @@ from groundup.models import DecoderLM, EncoderForClassification, EncoderForPreTr
 V, B, T = 64, 3, 10
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
     """Random everything, biases and norm gains included, so a bias-only or scaling adapter really has work."""

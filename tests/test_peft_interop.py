@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import warnings
 from pathlib import Path
 
 import peft  # noqa: E402
@@ -28,21 +27,14 @@ from groundup.interop import save_hf
 from groundup.interop.peft_format import load_peft, save_peft
 from groundup.models import DecoderLM, Encoder
 
+pytestmark = pytest.mark.filterwarnings("ignore")  # peft/transformers deprecation chatter
+
 transformers.logging.set_verbosity_error()
 
 V, T = 64, 11
 SMALL = dict(vocab_size=V, n_layer=2, d_model=32, n_head=4, block_size=64)
 TOL = dict(atol=1e-5, rtol=1e-4)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # peft/transformers deprecation chatter
-        yield
-    torch.set_num_threads(before)
 
 
 def randomize_(model: nn.Module) -> nn.Module:

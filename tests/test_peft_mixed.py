@@ -21,13 +21,6 @@ SMALL = dict(vocab_size=V, n_layer=2, d_model=32, n_head=4, block_size=64)
 ROWS = ["a", None, "b", "a"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def build(kind: str) -> nn.Module:
     torch.manual_seed(0)

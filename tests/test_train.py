@@ -37,14 +37,6 @@ W = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(W)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is fastest, and immune to OpenMP stalls on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def cfg_for(tmp_path: Path, **overrides) -> TrainConfig:
     base = dict(

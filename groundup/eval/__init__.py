@@ -1,5 +1,5 @@
 """Evaluation: perplexity now; task accuracy and harness adapters build on it."""
 
-from .perplexity import perplexity, text_perplexity
+from .perplexity import perplexity, text_perplexity, window_perplexity
 
-__all__ = ["perplexity", "text_perplexity"]
+__all__ = ["perplexity", "text_perplexity", "window_perplexity"]

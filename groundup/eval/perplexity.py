@@ -47,3 +47,45 @@ def text_perplexity(model: nn.Module, tokenizer, text: str, stride: int | None =
     nats = result["nll"] * result["tokens"]
     chars = len(text) - len(tokenizer.decode(ids[:1]))  # the first token is context, not predicted
     return {**result, "nats_per_char": nats / chars, "bits_per_char": nats / chars / math.log(2)}
+
+
+@torch.inference_mode()
+def window_perplexity(
+    model: nn.Module, ids: list[int] | torch.Tensor, context: int, score_last: int | None = None,
+    batch_size: int = 8,
+) -> dict[str, float]:
+    """Perplexity in non-overlapping windows of `context` tokens, each scored on its own with no history
+    carried over (Press et al. 2022's "nonoverlapping inference", the protocol of ALiBi's extrapolation plots).
+
+    Window w predicts tokens w*context+1 .. (w+1)*context; tokens past the last full window are dropped, so
+    give context-multiples + 1 tokens to score the same tokens at several contexts. `score_last` counts only
+    the last score_last predictions of each window: each of those then sees >= context - score_last tokens.
+    `context` may exceed block_size for ALiBi / RoPE models (extrapolation); absolute positions refuse it.
+    """
+    ids = torch.as_tensor(ids, dtype=torch.long).flatten()
+    cfg = model.config
+    if not isinstance(context, int) or context < 1:
+        raise ValueError(f"window_perplexity(context={context!r}): must be a positive number of tokens")
+    if cfg.pos in ("learned", "sinusoidal") and context > cfg.block_size:
+        raise ValueError(
+            f"window_perplexity(context={context}) is beyond block_size={cfg.block_size}: pos={cfg.pos!r} has no "
+            "position past its table; use context <= block_size, or a model with pos='alibi' or 'rope'"
+        )
+    score = context if score_last is None else score_last
+    if not 1 <= score <= context:
+        raise ValueError(f"window_perplexity(score_last={score_last}): must be between 1 and context={context}")
+    n_windows = (ids.numel() - 1) // context
+    if n_windows < 1:
+        raise ValueError(f"window_perplexity needs at least context + 1 = {context + 1} tokens; got {ids.numel()}")
+    model.eval()
+    device = next(model.parameters()).device
+    windows = ids[: n_windows * context + 1]
+    total = 0.0
+    for first in range(0, n_windows, batch_size):
+        rows = range(first, min(first + batch_size, n_windows))
+        batch = torch.stack([windows[w * context : (w + 1) * context + 1] for w in rows]).to(device)  # (B, ctx+1)
+        logits = model(batch[:, :-1])[:, -score:].float()  # (B, score, V)
+        total += F.cross_entropy(logits.flatten(0, 1), batch[:, -score:].flatten(), reduction="sum").item()
+    count = n_windows * score
+    nll = total / count
+    return {"nll": nll, "ppl": math.exp(nll), "tokens": count, "windows": n_windows}

@@ -5,8 +5,9 @@
     save_hf(model, tok, dir)      the reverse, loadable by transformers' from_pretrained with identical outputs
     from_hub(repo_id)             huggingface_hub.snapshot_download, then load_hf; fails fast when offline
 
-Families: GPT-2, Llama (SmolLM2, Llama 3 with its rope scaling), Mistral -> DecoderLM; BertForPreTraining ->
-EncoderForPreTraining; a headless BertModel (e.g. all-MiniLM-L6-v2) -> Encoder. Key names live in hf_keys.py.
+Families: GPT-2, Llama (SmolLM2, Llama 3 with its rope scaling), Mistral, Mixtral (MoE) -> DecoderLM;
+BertForPreTraining -> EncoderForPreTraining; a headless BertModel (e.g. all-MiniLM-L6-v2) -> Encoder. Key names
+live in hf_keys.py.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ ARCHITECTURES = {
     "gpt2": ("GPT2LMHeadModel", "GPT2Model"),
     "llama": ("LlamaForCausalLM", "LlamaModel"),
     "mistral": ("MistralForCausalLM", "MistralModel"),
+    "mixtral": ("MixtralForCausalLM", "MixtralModel"),
     "bert": ("BertForPreTraining", "BertModel"),
 }
 HUB_PATTERNS = [CONFIG, "generation_config.json", "*.safetensors", INDEX, TOKENIZER, TOKENIZER_CONFIG,
@@ -140,7 +142,8 @@ def _plan(cfg: ModelConfig, hf: dict[str, Any], tensors: dict[str, torch.Tensor]
         prefix = "transformer." if "transformer.wte.weight" in tensors else ""
         return model, gpt2_rules(cfg, prefix), "gpt2"
     prefix = "model." if "model.embed_tokens.weight" in tensors else ""
-    return model, llama_rules(cfg, prefix), "llama"
+    fused = any(k.endswith(".mlp.experts.gate_up_proj") for k in tensors)  # Mixtral as transformers 5 holds it
+    return model, llama_rules(cfg, prefix, fused), "llama"
 
 
 def _tied_names(model: nn.Module) -> dict[str, str]:
@@ -262,12 +265,12 @@ def _export_plan(model: nn.Module) -> tuple[ModelConfig, str, list[KeyRule]]:
     cfg = getattr(model, "config", None)
     if not isinstance(model, (DecoderLM, Encoder, EncoderForPreTraining)) or not isinstance(cfg, ModelConfig):
         raise ConfigError(
-            f"save_hf cannot export a {type(model).__name__}; it exports DecoderLM (GPT-2 / Llama style), "
+            f"save_hf cannot export a {type(model).__name__}; it exports DecoderLM (GPT-2 / Llama / Mixtral), "
             "EncoderForPreTraining (BertForPreTraining) and Encoder (BertModel)"
         )
     family = hf_family(cfg)
     if isinstance(model, DecoderLM):
-        arch = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}[family]
+        arch = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "mixtral": "MixtralForCausalLM"}[family]
         return cfg, arch, gpt2_rules(cfg) if family == "gpt2" else llama_rules(cfg)
     heads = isinstance(model, EncoderForPreTraining)
     return cfg, "BertForPreTraining" if heads else "BertModel", bert_rules(cfg, heads)

@@ -1,8 +1,11 @@
-"""Hugging Face config.json <-> ModelConfig, for GPT-2, Llama (SmolLM2, Llama 3), Mistral and BERT.
+"""Hugging Face config.json <-> ModelConfig, for GPT-2, Llama (SmolLM2, Llama 3), Mistral, Mixtral and BERT.
 
 Every HF field that changes the maths is either translated or refused with a ConfigError naming it;
 nothing is silently dropped. Mistral's `sliding_window` is kept in ModelConfig.extra: groundup
 attends the full context, which equals Mistral for sequences up to sliding_window tokens.
+Mixtral's router losses are training-only: HF adds its load-balancing loss (coefficient
+router_aux_loss_coef) only with output_router_logits, over all layers at once, with f_i summing to k;
+groundup's per-layer router_aux_loss_coef is HF's times k (0 without output_router_logits), and HF has no z-loss.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from typing import Any
 
 from ..config import BERT, GPT2, LLAMA, ConfigError, ModelConfig
 
-SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "bert")
+SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "bert", "mixtral")
 GPT2_ACT = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
 BERT_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 EXPORT_ACT = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}  # groundup mlp -> HF activation name
@@ -95,6 +98,18 @@ def _llama(hf: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def _mixtral(hf: dict[str, Any]) -> dict[str, Any]:
+    """Mixtral = Mistral attention + a top-k mixture of SwiGLU experts, renormalised weights, no dropping."""
+    fields, k = _llama(hf), _get(hf, "num_experts_per_tok")
+    if hf.get("router_jitter_noise"):  # multiplicative input noise in training only; inference is unchanged
+        fields["extra"]["router_jitter_noise"] = hf["router_jitter_noise"]
+    aux = float(hf.get("router_aux_loss_coef") or 0.0) * k if hf.get("output_router_logits") else 0.0
+    return dict(
+        fields, n_expert=_get(hf, "num_local_experts"), n_expert_per_token=k, expert_capacity_factor=None,
+        router_norm_topk=True, router_aux_loss_coef=aux, router_z_loss_coef=0.0,
+    )
+
+
 def _bert(hf: dict[str, Any]) -> dict[str, Any]:
     _refuse(hf, {"position_embedding_type": "absolute", "is_decoder": False, "add_cross_attention": False})
     return dict(
@@ -106,7 +121,7 @@ def _bert(hf: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-_FROM_HF = {"gpt2": _gpt2, "llama": _llama, "mistral": _llama, "bert": _bert}
+_FROM_HF = {"gpt2": _gpt2, "llama": _llama, "mistral": _llama, "mixtral": _mixtral, "bert": _bert}
 
 
 def config_from_hf(hf_config: dict[str, Any]) -> ModelConfig:
@@ -121,9 +136,11 @@ def config_from_hf(hf_config: dict[str, Any]) -> ModelConfig:
 
 
 def hf_family(cfg: ModelConfig) -> str:
-    """Which HF family a groundup config exports to: 'gpt2', 'llama' or 'bert'; ConfigError otherwise."""
+    """Which HF family a groundup config exports to: 'gpt2', 'llama', 'mixtral' or 'bert'; ConfigError otherwise."""
     plain = cfg.n_kv_head == cfg.n_head and cfg.head_dim * cfg.n_head == cfg.d_model
     common = cfg.prenorm and not cfg.embed_norm and not cfg.embed_scale
+    if cfg.n_expert > 0:
+        return _moe_family(cfg, common)
     if cfg.arch == "decoder":
         if cfg.pos == "learned" and cfg.norm == "layernorm" and cfg.mlp in EXPORT_ACT and cfg.bias and common and plain:
             return "gpt2"
@@ -143,6 +160,23 @@ def hf_family(cfg: ModelConfig) -> str:
     )
 
 
+def _moe_family(cfg: ModelConfig, common: bool) -> str:
+    """'mixtral' when MixtralForCausalLM computes this MoE decoder, else a ConfigError naming the field to change."""
+    wrong = {
+        "pos": (cfg.pos, "rope"), "norm": (cfg.norm, "rmsnorm"), "mlp": (cfg.mlp, "swiglu"), "bias": (cfg.bias, False),
+        "expert_capacity_factor": (cfg.expert_capacity_factor or None, None),  # Mixtral never drops tokens
+        "router_norm_topk": (cfg.router_norm_topk, True),  # Mixtral always renormalises the top-k weights
+    }
+    bad = [f"{name}={got!r} (needs {need!r})" for name, (got, need) in wrong.items() if got != need]
+    if bad or not common:
+        raise ConfigError(
+            f"no transformers class computes this mixture-of-experts decoder: {', '.join(bad) or 'not pre-norm'}. "
+            "save_hf exports MoE models as Mixtral (rope, rmsnorm, swiglu experts, no bias, no token dropping, "
+            "renormalised top-k, pre-norm). Change those fields, or keep groundup's own format (save_checkpoint)"
+        )
+    return "mixtral"
+
+
 def config_to_hf(cfg: ModelConfig, architecture: str) -> dict[str, Any]:
     """ModelConfig -> transformers config.json dict for `architecture` (e.g. 'LlamaForCausalLM')."""
     family = hf_family(cfg)
@@ -153,13 +187,21 @@ def config_to_hf(cfg: ModelConfig, architecture: str) -> dict[str, Any]:
             n_positions=cfg.block_size, n_inner=cfg.d_ff, activation_function=EXPORT_ACT[cfg.mlp],
             layer_norm_epsilon=cfg.norm_eps, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
         )
-    if family == "llama":
-        return dict(
+    if family in ("llama", "mixtral"):
+        llama = dict(
             common, model_type="llama", hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
             num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head,
             head_dim=cfg.head_dim, max_position_embeddings=cfg.block_size, rms_norm_eps=cfg.norm_eps,
             rope_theta=cfg.rope_theta, rope_scaling=cfg.rope_scaling, attention_bias=cfg.bias, mlp_bias=cfg.bias,
             hidden_act="silu", attention_dropout=cfg.dropout,
+        )
+        if family == "llama":
+            return llama
+        k = cfg.n_expert_per_token
+        return dict(
+            {key: v for key, v in llama.items() if key not in ("attention_bias", "mlp_bias")}, model_type="mixtral",
+            num_local_experts=cfg.n_expert, num_experts_per_tok=k, router_jitter_noise=0.0,
+            output_router_logits=cfg.router_aux_loss_coef > 0, router_aux_loss_coef=cfg.router_aux_loss_coef / k,
         )
     return dict(
         common, model_type="bert", hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layer,

@@ -8,6 +8,8 @@ says how the values change on the way:
     conv1d       transpose: GPT-2's Conv1D stores (in, out)    (c_proj, c_fc)
     conv1d_qkv   transpose + split in three: fused c_attn       (in, 3*d) -> q_proj, k_proj, v_proj (d, in)
     split_qkv    split in three: fused c_attn bias              (3*d,)    -> q, k, v biases
+    experts_gate_up  Mixtral's fused experts (transformers 5 in memory): (E, 2F, d) -> E gate_proj + E up_proj
+    experts_down     (E, d, F) -> E down_proj (files written by save_pretrained keep one w1/w2/w3 per expert)
 
 A tensor HF may leave out of a file because it is tied to another one (GPT-2's lm_head, BERT's MLM
 decoder) is `optional`; older files spell some tensors twice (`aliases`), and carry buffers that
@@ -24,7 +26,7 @@ import torch
 
 from ..config import ModelConfig
 
-OPS = ("copy", "conv1d", "conv1d_qkv", "split_qkv")
+OPS = ("copy", "conv1d", "conv1d_qkv", "split_qkv", "experts_gate_up", "experts_down")
 
 
 class HFFormatError(ValueError):
@@ -95,16 +97,35 @@ def gpt2_rules(cfg: ModelConfig, prefix: str = "transformer.") -> list[KeyRule]:
     return rows
 
 
-def llama_rules(cfg: ModelConfig, prefix: str = "model.") -> list[KeyRule]:
-    """LlamaForCausalLM / MistralForCausalLM (SmolLM2 is a Llama) <-> DecoderLM. HF's rotary layout is
-    already groundup's half-split one, so q/k weights need no permutation."""
+def _moe_rules(cfg: ModelConfig, h: str, b: str, fused: bool) -> list[KeyRule]:
+    """Mixtral's sparse MoE block <-> groundup's MoE: router `gate`, experts w1/w3/w2 = gate/up/down_proj."""
+    experts = range(cfg.n_expert)
+    if fused:  # transformers 5's own layout: block_sparse_moe renamed to mlp, experts stacked in 3-D tensors
+        gate_up = tuple(f"{b}.mlp.experts.{j}.{n}_proj.weight" for n in ("gate", "up") for j in experts)
+        down = tuple(f"{b}.mlp.experts.{j}.down_proj.weight" for j in experts)
+        return [KeyRule(f"{h}.mlp.gate.weight", (f"{b}.mlp.gate.weight",)),
+                KeyRule(f"{h}.mlp.experts.gate_up_proj", gate_up, "experts_gate_up"),
+                KeyRule(f"{h}.mlp.experts.down_proj", down, "experts_down")]
+    rows = [KeyRule(f"{h}.block_sparse_moe.gate.weight", (f"{b}.mlp.gate.weight",))]
+    for j in experts:
+        for hf_name, ours in (("w1", "gate_proj"), ("w2", "down_proj"), ("w3", "up_proj")):
+            rows.append(KeyRule(f"{h}.block_sparse_moe.experts.{j}.{hf_name}.weight",
+                                (f"{b}.mlp.experts.{j}.{ours}.weight",)))
+    return rows
+
+
+def llama_rules(cfg: ModelConfig, prefix: str = "model.", fused_experts: bool = False) -> list[KeyRule]:
+    """LlamaForCausalLM / MistralForCausalLM (SmolLM2 is a Llama) / MixtralForCausalLM <-> DecoderLM. HF's
+    rotary layout is already groundup's half-split one, so q/k weights need no permutation."""
     p = prefix
     rows = [KeyRule(f"{p}embed_tokens.weight", ("embed.tok_emb.weight",))]
     for i in range(cfg.n_layer):
         h, b = f"{p}layers.{i}", f"blocks.{i}"
         for name in ("q", "k", "v", "o"):
             rows += _wb(f"{h}.self_attn.{name}_proj", f"{b}.attn.{name}_proj", cfg.bias)
-        for name in ("gate", "up", "down"):
+        if cfg.n_expert:
+            rows += _moe_rules(cfg, h, b, fused_experts)
+        for name in ("gate", "up", "down") if not cfg.n_expert else ():
             rows += _wb(f"{h}.mlp.{name}_proj", f"{b}.mlp.{name}_proj", cfg.bias)
         rows.append(KeyRule(f"{h}.input_layernorm.weight", (f"{b}.attn_norm.weight",)))
         rows.append(KeyRule(f"{h}.post_attention_layernorm.weight", (f"{b}.mlp_norm.weight",)))
@@ -163,6 +184,11 @@ def _to_ours(op: str, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return (t.t(),)  # (in, out) -> (out, in)
     if op == "conv1d_qkv":
         return tuple(w.t() for w in t.chunk(3, dim=1))  # (in, 3d) -> 3 × (d, in)
+    if op == "experts_gate_up":
+        gate, up = t.chunk(2, dim=1)  # (E, 2F, d) -> 2 × (E, F, d)
+        return (*gate.unbind(0), *up.unbind(0))  # 2E × (F, d)
+    if op == "experts_down":
+        return t.unbind(0)  # (E, d, F) -> E × (d, F)
     return t.chunk(3, dim=0)  # split_qkv: (3d,) -> 3 × (d,)
 
 
@@ -173,6 +199,11 @@ def _to_hf(op: str, ts: list[torch.Tensor]) -> torch.Tensor:
         return ts[0].t()
     if op == "conv1d_qkv":
         return torch.cat([w.t() for w in ts], dim=1)  # 3 × (d, in) -> (in, 3d)
+    if op == "experts_gate_up":
+        n = len(ts) // 2
+        return torch.cat([torch.stack(ts[:n]), torch.stack(ts[n:])], dim=1)  # 2E × (F, d) -> (E, 2F, d)
+    if op == "experts_down":
+        return torch.stack(ts)  # E × (d, F) -> (E, d, F)
     return torch.cat(ts, dim=0)
 
 

@@ -1,5 +1,6 @@
 """Decoder-only causal language model. GPT-2, Llama / SmolLM2 and MPT-style ALiBi models are the
-same code with different ModelConfig fields (positions, norm, MLP, bias, n_kv_head, tying).
+same code with different ModelConfig fields (positions, norm, MLP, bias, n_kv_head, tying); n_expert > 0
+makes every block's MLP a mixture of experts (Mixtral, Switch).
 
     ids ─> Embeddings ─> Block × n_layer ─> norm ─> lm_head ─> logits
 """
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, ModelConfig
-from ..nn import Block, Embeddings, KVCache, alibi_slopes, build_mask, build_norm, build_rotary
+from ..nn import Block, Embeddings, KVCache, alibi_slopes, build_mask, build_norm, build_rotary, moe_aux_loss
 
 
 def init_weights(model: nn.Module, n_layer: int) -> None:
@@ -43,6 +44,10 @@ class DecoderLM(nn.Module):
         init_weights(self, cfg.n_layer)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.tok_emb.weight
+
+    def aux_loss(self) -> torch.Tensor | None:
+        """The MoE layers' weighted router losses from the last forward (None for a dense model)."""
+        return moe_aux_loss(self)
 
     def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
         cfg, weight = self.config, self.embed.tok_emb.weight

@@ -30,6 +30,8 @@ def attend(
     """q: (B, H, T, D); k, v: (B, Hkv, S, D); mask: bool (True = attend) or additive float,
     broadcastable to (B, H, T, S). Returns (B, H, T, D)."""
     if backend == "sdpa":
+        if k.shape[1] != q.shape[1] and q.shape[2] == 1 and not is_causal and (mask is None or mask.dim() == 4):
+            return _decode_shared_kv(q, k, v, mask, dropout)
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal, enable_gqa=k.shape[1] != q.shape[1]
         )
@@ -43,6 +45,20 @@ def attend(
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
     weights = F.dropout(scores.softmax(dim=-1), dropout)
     return weights @ v
+
+
+def _decode_shared_kv(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout: float
+) -> torch.Tensor:
+    """One query position, K/V heads shared by groups of query heads (GQA / MQA decoding): fold each group's
+    query heads into the query axis so every K/V head is read once. enable_gqa expands K/V to all heads on
+    CPU, which costs MQA most of its decode advantage (bench/gqa.py)."""
+    B, H, _, D = q.shape
+    Hkv, group = k.shape[1], q.shape[1] // k.shape[1]
+    if mask is not None:  # (B|1, 1|H, 1, S) -> (B|1, Hkv, group, S), head h = kv head h // group
+        mask = mask.expand(mask.shape[0], H, 1, mask.shape[-1]).reshape(mask.shape[0], Hkv, group, mask.shape[-1])
+    y = F.scaled_dot_product_attention(q.reshape(B, Hkv, group, D), k, v, attn_mask=mask, dropout_p=dropout)
+    return y.reshape(B, H, 1, D)  # (B, H, 1, D)
 
 
 def build_mask(

@@ -13,6 +13,7 @@ from ..config import ModelConfig
 from .attention import Attention
 from .kv_cache import KVCache
 from .mlp import build_mlp
+from .moe import MoE
 from .norm import build_norm
 
 
@@ -25,7 +26,7 @@ class Block(nn.Module):
         self.cross_norm = build_norm(cfg) if cross else None
         self.cross_attn = Attention(cfg, causal=False, cross=True) if cross else None
         self.mlp_norm = build_norm(cfg)
-        self.mlp = build_mlp(cfg)
+        self.mlp = MoE(cfg) if cfg.n_expert > 0 else build_mlp(cfg)  # MoE: a router + n_expert MLPs
         self.drop = nn.Dropout(cfg.dropout)
 
     def residual(self, x: torch.Tensor, norm: nn.Module, f) -> torch.Tensor:

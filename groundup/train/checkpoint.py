@@ -192,7 +192,13 @@ def _build_from_config(saved: dict[str, Any]) -> nn.Module:
     from groundup.config import ModelConfig
     from groundup.models import build_model
 
-    return build_model(ModelConfig.from_dict(saved))
+    model = build_model(ModelConfig.from_dict(saved))
+    quantized = (saved.get("extra") or {}).get("quantization")
+    if quantized:  # saved from a quantized model: the same QuantLinear layers, so its weights load
+        from groundup.quant import rebuild_quantized
+
+        rebuild_quantized(model, quantized)
+    return model
 
 
 def load_checkpoint(

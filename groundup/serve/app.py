@@ -1,0 +1,342 @@
+"""The OpenAI-compatible web app (FastAPI): /v1/completions, /v1/chat/completions (stream: true gives server-sent
+events in OpenAI's chunk format, ending with `data: [DONE]`), /v1/embeddings, /v1/models, /health, /metrics.
+
+    HTTP request ─ auth ─ read body (size cap) ─ parse + check (schema.py) ─ tokenize ─ engine.submit
+        <─ asyncio.Queue <─ loop.call_soon_threadsafe <─ engine thread emits Events
+
+The app never touches the model: the engine thread owns it. A client that disconnects cancels its request,
+which frees its slot at the next decode step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from ..chat import ChatTemplateError, apply_chat_template
+from ..generate import GenerationConfig
+from .engine import Engine, EngineClosedError, QueueFullError
+from .metrics import Metrics
+from .registry import ServedModels
+from .requests import EmbeddingRequest, Event, GenerationRequest
+from .schema import GenerationBody, RequestError, error_body, parse_chat, parse_completion, parse_embedding
+
+# For models that ship no chat template (e.g. the quickstart's character model).
+PLAIN_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                  "{% if add_generation_prompt %}assistant:{% endif %}")
+END_OF_TURN = "<|im_end|>"  # ChatML's, as groundup.Chat stops on it
+ROUTES = ("/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/embeddings")
+
+
+@dataclass
+class AppConfig:
+    api_key: str | None = None  # when set, every route but /health needs `Authorization: Bearer <key>`
+    max_body_bytes: int = 1 << 20
+    retry_after_s: int = 1  # the Retry-After header of a 429
+    shutdown_grace_s: float = 60.0  # how long shutdown waits for running requests
+
+
+class CountRequests:
+    """Pure ASGI middleware (it leaves streaming and disconnects alone): count responses per route and status."""
+
+    def __init__(self, app, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = [500]
+
+        async def record(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record)
+        finally:  # unknown paths share one label, so clients cannot grow the metrics without bound
+            path = scope["path"] if scope["path"] in ROUTES else "other"
+            self.metrics.count_request(path, status[0])
+
+
+def create_app(engine: Engine, models: ServedModels, cfg: AppConfig | None = None) -> FastAPI:
+    cfg = cfg or AppConfig()
+    created = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine.start()
+        yield
+        await asyncio.to_thread(engine.stop, cfg.shutdown_grace_s)  # finishes what is running and queued
+
+    app = FastAPI(title="groundup", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(CountRequests, metrics=engine.metrics)
+    ctx = _Context(engine, models, cfg)
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, e: RequestError) -> JSONResponse:
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException) -> JSONResponse:
+        kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
+        return JSONResponse(error_body(f"{request.method} {request.url.path}: {e.detail}", kind), e.status_code)
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, e: Exception) -> JSONResponse:
+        return JSONResponse(error_body(f"internal error: {type(e).__name__}: {e}", "server_error"), 500)
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "shutting_down" if engine.closing.is_set() else "ok", "running": len(engine.rows),
+                "queued": engine.queue_depth()}
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        ctx.authorize(request)
+        return PlainTextResponse(engine.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> dict:
+        ctx.authorize(request)
+        return models.listing(created)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        ctx.authorize(request)
+        body = parse_completion(await ctx.read_json(request))
+        prompt = body.prompt
+        ids = list(prompt) if isinstance(prompt, list) else ctx.encode(prompt, "prompt")
+        return await ctx.generate(request, body, ids, "text_completion", "prompt", default_tokens=16)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        ctx.authorize(request)
+        body = parse_chat(await ctx.read_json(request))
+        template = ctx.tokenizer.chat_template or PLAIN_TEMPLATE
+        try:
+            text = apply_chat_template(template, body.messages, True, ctx.special(ctx.tokenizer.bos_id),
+                                       ctx.special(ctx.tokenizer.eos_id))
+        except ChatTemplateError as e:
+            raise RequestError(str(e), "messages") from None
+        if END_OF_TURN in template:
+            body.sampling.stop = (*body.sampling.stop, END_OF_TURN)
+        return await ctx.generate(request, body, ctx.encode(text, "messages"), "chat.completion", "messages")
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> dict:
+        ctx.authorize(request)
+        body = parse_embedding(await ctx.read_json(request))
+        models.check_embedding(body.model)
+        vectors = await ctx.embed(request, body.texts)
+        tok = engine.encoder[1]
+        n_tokens = sum(len(ids) for ids in tok.encode_batch(body.texts, add_special_tokens=True))
+        data = [{"object": "embedding", "index": i,
+                 "embedding": base64.b64encode(v.numpy().astype("<f4").tobytes()).decode() if body.base64
+                 else v.tolist()} for i, v in enumerate(vectors)]
+        return {"object": "list", "data": data, "model": body.model,
+                "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
+
+    return app
+
+
+class _Context:
+    """What the routes share: the engine, the names, the limits, and the request plumbing."""
+
+    def __init__(self, engine: Engine, models: ServedModels, cfg: AppConfig) -> None:
+        self.engine, self.models, self.cfg = engine, models, cfg
+        self.tokenizer = engine.tokenizer
+
+    def authorize(self, request: Request) -> None:
+        if self.cfg.api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        token = given[7:] if given.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(token.encode(), self.cfg.api_key.encode()):
+            raise RequestError("missing or wrong API key: send the header 'Authorization: Bearer <key>'", None,
+                               "invalid_api_key", 401, "authentication_error")
+
+    async def read_json(self, request: Request) -> dict:
+        limit = self.cfg.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise RequestError(f"request body of {declared} bytes exceeds the limit of {limit} bytes; send a "
+                               "smaller request", None, "request_too_large")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(f"request body exceeds the limit of {limit} bytes; send a smaller request",
+                                   None, "request_too_large")
+            chunks.append(chunk)
+        try:
+            body = json.loads(b"".join(chunks))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RequestError(f"the body is not valid JSON ({e}); send a JSON object", None, "invalid_json") from None
+        if not isinstance(body, dict):
+            raise RequestError(f"the body must be a JSON object, got {type(body).__name__}", None, "invalid_json")
+        return body
+
+    def special(self, token_id: int | None) -> str:
+        return (self.tokenizer.id_to_token(token_id) or "") if token_id is not None else ""
+
+    def encode(self, text: str, param: str) -> list[int]:
+        if self.tokenizer is None:
+            raise RequestError("this server has no generating model; use /v1/embeddings", "model", "model_not_found")
+        try:
+            return self.tokenizer.encode(text)
+        except ValueError as e:
+            raise RequestError(f"'{param}' cannot be tokenized: {e}", param) from None
+
+    def _request(self, body: GenerationBody, ids: list[int], param: str, default_tokens: int | None,
+                 emit) -> GenerationRequest:
+        target = self.models.generation_target(body.model)
+        vocab = self.engine.model.config.vocab_size
+        if any(not 0 <= t < vocab for t in ids):
+            raise RequestError(f"'{param}' holds token ids outside the vocabulary [0, {vocab})", param)
+        if not ids:
+            if self.tokenizer.bos_id is None:
+                raise RequestError(f"'{param}' is empty; give at least one token of text", param)
+            ids = [self.tokenizer.bos_id]
+        limit = self.engine.max_seq_len
+        length = len(ids) + (0 if target.soft_prompt is None else target.soft_prompt.shape[0])
+        if length >= limit:
+            raise RequestError(f"'{param}' is {length} tokens but the context holds {limit} (prompt + max_tokens); "
+                               "shorten it", param, "context_length_exceeded")
+        s = body.sampling
+        room = limit - length
+        max_tokens = s.max_tokens if s.max_tokens is not None else min(default_tokens or room, room)
+        if max_tokens > room:
+            raise RequestError(f"'max_tokens'={max_tokens} does not fit: the prompt takes {length} of {limit} context "
+                               f"tokens, so at most {room} can be generated", "max_tokens", "context_length_exceeded")
+        config = GenerationConfig(max_new_tokens=max_tokens, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                                  seed=s.seed, stop=s.stop, eos_id=self.tokenizer.eos_id)
+        return GenerationRequest(ids, config, emit, target.adapter, target.soft_prompt,
+                                 time.monotonic() + self.engine.cfg.request_timeout)
+
+    def _submit(self, request: GenerationRequest | EmbeddingRequest) -> None:
+        try:
+            self.engine.submit(request)
+        except QueueFullError as e:
+            raise RequestError(str(e), None, "queue_full", 429, "rate_limit_error",
+                               {"Retry-After": str(self.cfg.retry_after_s)}) from None
+        except EngineClosedError as e:
+            raise RequestError(str(e), None, "shutting_down", 503, "server_error") from None
+
+    def _channel(self) -> tuple[asyncio.Queue, callable]:
+        loop, events = asyncio.get_running_loop(), asyncio.Queue()
+
+        def emit(event) -> None:  # called on the engine thread
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, event)
+            except RuntimeError:  # the event loop is gone (server stopped): nobody is listening
+                pass
+
+        return events, emit
+
+    async def _wait(self, request: Request, events: asyncio.Queue, cancel) -> object:
+        """The next event; a client that went away cancels the work (checked twice a second)."""
+        while True:
+            try:
+                return await asyncio.wait_for(events.get(), 0.5)
+            except TimeoutError:
+                if await request.is_disconnected():
+                    cancel.set()
+                    raise RequestError("client disconnected", None, "client_disconnected", 499) from None
+
+    async def embed(self, request: Request, texts: list[str]) -> torch.Tensor:
+        events, emit = self._channel()
+        job = EmbeddingRequest(texts, emit)
+        self._submit(job)
+        try:
+            result = await self._wait(request, events, job.cancelled)
+        finally:
+            job.cancelled.set()
+        if isinstance(result, Event):
+            raise RequestError(result.error, "input")
+        return result
+
+    async def generate(self, request: Request, body: GenerationBody, ids: list[int], kind: str, param: str,
+                       default_tokens: int | None = None) -> Response:
+        events, emit = self._channel()
+        job = self._request(body, ids, param, default_tokens, emit)
+        self._submit(job)
+        meta = {"id": f"{'chatcmpl' if kind.startswith('chat') else 'cmpl'}-{uuid.uuid4().hex}",
+                "created": int(time.time()), "model": body.model}
+        if body.stream:
+            return StreamingResponse(self._sse(events, job, meta, kind, body.include_usage),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        pieces = []
+        try:
+            while True:
+                event = await self._wait(request, events, job.cancelled)
+                if event.error:
+                    status = 504 if event.error_type == "timeout" else 500
+                    raise RequestError(event.error, None, event.error_type, status, event.error_type)
+                pieces.append(event.text)
+                if event.finish_reason:
+                    break
+        finally:
+            job.cancelled.set()
+        text, usage = "".join(pieces), _usage(event)
+        if kind == "chat.completion":
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                      "finish_reason": event.finish_reason}
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": event.finish_reason}
+        return JSONResponse({**meta, "object": kind, "choices": [choice], "usage": usage})
+
+    async def _sse(self, events: asyncio.Queue, job: GenerationRequest, meta: dict, kind: str,
+                   include_usage: bool) -> AsyncIterator[str]:
+        chat = kind == "chat.completion"
+        obj = "chat.completion.chunk" if chat else "text_completion"
+
+        def chunk(text: str | None, finish: str | None, first: bool = False) -> str:
+            if chat:
+                delta = ({"role": "assistant", "content": ""} if first else {}) | (
+                    {"content": text} if text else {})
+                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            else:
+                choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+            return f"data: {json.dumps({**meta, 'object': obj, 'choices': [choice]})}\n\n"
+
+        try:  # the finally runs when the client disconnects (the task is cancelled): it frees the slot
+            if chat:
+                yield chunk(None, None, first=True)
+            while True:
+                event = await events.get()
+                if event.error:
+                    yield f"data: {json.dumps(error_body(event.error, event.error_type, None, event.error_type))}\n\n"
+                    break
+                if event.text or event.finish_reason:
+                    yield chunk(event.text, event.finish_reason)
+                if event.finish_reason:
+                    if include_usage:
+                        yield f"data: {json.dumps({**meta, 'object': obj, 'choices': [], 'usage': _usage(event)})}\n\n"
+                    break
+            yield "data: [DONE]\n\n"
+        finally:
+            job.cancelled.set()
+
+
+def _usage(event: Event) -> dict[str, int]:
+    return {"prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens,
+            "total_tokens": event.prompt_tokens + event.completion_tokens}
+
+
+def embeddings_from_base64(data: str) -> np.ndarray:
+    """Decode one base64 embedding (what `encoding_format: base64` returns) to float32."""
+    return np.frombuffer(base64.b64decode(data), dtype="<f4")

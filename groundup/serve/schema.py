@@ -1,0 +1,173 @@
+"""OpenAI request bodies -> checked, typed parameters; anything wrong is a RequestError that names the field
+(`param`) and the fix, returned as OpenAI's error JSON: {"error": {"message", "type", "param", "code"}}."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_STOP = 4
+
+
+class RequestError(Exception):
+    def __init__(self, message: str, param: str | None = None, code: str | None = None, status: int = 400,
+                 type: str = "invalid_request_error", headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message, self.param, self.code, self.status, self.type = message, param, code, status, type
+        self.headers = headers
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int | None = None  # None: the endpoint's default (16 for completions, the rest of the context)
+    temperature: float = 1.0
+    top_p: float | None = None
+    top_k: int | None = None  # not in OpenAI's API; vLLM's extension
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class GenerationBody:
+    model: str
+    sampling: SamplingParams
+    stream: bool = False
+    include_usage: bool = False  # stream_options.include_usage: a last chunk with the token counts
+    prompt: str | list[int] | None = None  # /v1/completions
+    messages: list[dict[str, str]] = field(default_factory=list)  # /v1/chat/completions
+
+
+@dataclass
+class EmbeddingBody:
+    model: str
+    texts: list[str]
+    base64: bool = False
+
+
+def _number(body: dict, name: str, kind: type, default: Any, low: float | None = None, high: float | None = None,
+            low_open: bool = False) -> Any:
+    value = body.get(name)
+    if value is None:
+        return default
+    ok = isinstance(value, int) if kind is int else isinstance(value, int | float)
+    if not ok or isinstance(value, bool):
+        raise RequestError(f"'{name}' must be {'an integer' if kind is int else 'a number'}; got {value!r}", name)
+    if (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high):
+        span = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'}]"
+        raise RequestError(f"'{name}'={value} is out of range; it must be in {span}", name)
+    return kind(value)
+
+
+def _refuse_unsupported(body: dict) -> None:
+    """Options that would change the answer and that this server does not implement: say so, never ignore."""
+    checks = {
+        "n": lambda v: v not in (None, 1), "best_of": lambda v: v not in (None, 1), "echo": bool,
+        "logprobs": lambda v: v not in (None, False, 0), "top_logprobs": lambda v: v not in (None, 0),
+        "suffix": lambda v: v not in (None, ""), "logit_bias": bool, "tools": bool,
+        "presence_penalty": lambda v: v not in (None, 0, 0.0), "frequency_penalty": lambda v: v not in (None, 0, 0.0),
+        "response_format": lambda v: v not in (None, {"type": "text"}),
+    }
+    for name, bad in checks.items():
+        if name in body and bad(body[name]):
+            raise RequestError(f"'{name}'={body[name]!r} is not supported by this server; leave it out "
+                               "(one choice per request, plain text output, no logprobs or penalties)", name,
+                               "unsupported_parameter")
+
+
+def _model(body: dict) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise RequestError("'model' is required: the name of a served model or adapter (see GET /v1/models)",
+                           "model", "missing_model")
+    return model
+
+
+def _stop(value: Any) -> tuple[str, ...]:
+    stops = [value] if isinstance(value, str) else value
+    if value is None:
+        return ()
+    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > MAX_STOP:
+        raise RequestError(f"'stop' must be a non-empty string or a list of at most {MAX_STOP}; got {value!r}",
+                           "stop")
+    return tuple(stops)
+
+
+def _sampling(body: dict, token_field: str) -> SamplingParams:
+    max_tokens = _number(body, token_field, int, None, 1)
+    return SamplingParams(
+        max_tokens=max_tokens, temperature=_number(body, "temperature", float, 1.0, 0.0, 2.0),
+        top_p=_number(body, "top_p", float, None, 0.0, 1.0, low_open=True),
+        top_k=_number(body, "top_k", int, None, 1) if body.get("top_k") not in (None, -1) else None,
+        seed=_number(body, "seed", int, None, -(2**63), 2**63 - 1), stop=_stop(body.get("stop")),
+    )
+
+
+def _stream(body: dict) -> tuple[bool, bool]:
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool | None):
+        raise RequestError(f"'stream' must be true or false; got {stream!r}", "stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise RequestError("'stream_options' must be an object like {\"include_usage\": true}", "stream_options")
+    return bool(stream), bool(options.get("include_usage", False))
+
+
+def parse_completion(body: dict) -> GenerationBody:
+    _refuse_unsupported(body)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+        prompt = prompt[0]  # one prompt in a list, as some clients send it
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str | list) for p in prompt):
+        raise RequestError(f"'prompt' holds {len(prompt)} prompts; send one request per prompt (they are batched "
+                           "on the server anyway)", "prompt")
+    ids = isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+    if not isinstance(prompt, str) and not ids:
+        raise RequestError(f"'prompt' must be a string (or a list of token ids); got {prompt!r:.80}", "prompt")
+    stream, usage = _stream(body)
+    return GenerationBody(_model(body), _sampling(body, "max_tokens"), stream, usage, prompt=prompt)
+
+
+def parse_chat(body: dict) -> GenerationBody:
+    _refuse_unsupported(body)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RequestError("'messages' must be a non-empty list of {\"role\", \"content\"} objects", "messages")
+    clean = []
+    for i, m in enumerate(messages):
+        role, content = (m.get("role"), m.get("content")) if isinstance(m, dict) else (None, None)
+        if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]: text parts only
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                       for p in content):
+                raise RequestError(f"messages[{i}].content: only text parts are supported", f"messages[{i}].content")
+            content = "".join(p["text"] for p in content)
+        if role not in ("system", "user", "assistant", "developer") or not isinstance(content, str):
+            raise RequestError(f"messages[{i}] must have 'role' (system, user or assistant) and a string 'content'; "
+                               f"got {m!r:.80}", f"messages[{i}]")
+        clean.append({"role": "system" if role == "developer" else role, "content": content})
+    field_name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    stream, usage = _stream(body)
+    return GenerationBody(_model(body), _sampling(body, field_name), stream, usage, messages=clean)
+
+
+def parse_embedding(body: dict, max_inputs: int = 256) -> EmbeddingBody:
+    texts = body.get("input")
+    texts = [texts] if isinstance(texts, str) else texts
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
+        raise RequestError("'input' must be a non-empty string or a list of non-empty strings (token-id input is "
+                           "not supported)", "input")
+    if len(texts) > max_inputs:
+        raise RequestError(f"'input' has {len(texts)} texts; at most {max_inputs} per request", "input")
+    fmt = body.get("encoding_format") or "float"
+    if fmt not in ("float", "base64"):
+        raise RequestError(f"'encoding_format' must be 'float' or 'base64'; got {fmt!r}", "encoding_format")
+    if body.get("dimensions") is not None:
+        raise RequestError("'dimensions' is not supported: the model's embedding size is fixed; leave it out",
+                           "dimensions", "unsupported_parameter")
+    return EmbeddingBody(_model(body), texts, fmt == "base64")
