@@ -182,9 +182,9 @@ def write_docs(results: dict[str, Any], args, command: str, seconds: float) -> t
         f"{info['torch']}, load {info['load_avg_1min']}, {info['date']}", "",
         "Three GPT-2-style char decoders (4 layers, 4 heads, d 128, LayerNorm, GELU) trained on the bundled "
         f"Shakespeare corpus at context {TRAIN_CONTEXT}: {r.steps} steps x batch {r.batch_size}, AdamW lr "
-        f"{r.lr} -> {r.min_lr} (cosine, {r.warmup_steps} warmup), fp32, seed {r.seed}; the same batches in the "
-        "same order. Only `ModelConfig.pos` differs (ALiBi: no position parameters; RoPE: none; learned: a "
-        "128-row table). Validation = the last 10% of characters.", "",
+        f"{r.lr} -> {r.min_lr} (cosine, {min(r.warmup_steps, r.steps // 2)} warmup), fp32, seed {r.seed}; the same "
+        "batches in the same order. Only `ModelConfig.pos` differs (ALiBi: no position parameters; RoPE: none; "
+        "learned: a 128-row table). Validation = the last 10% of characters.", "",
         f"**All tokens** ({toks['all']:,} predictions at every L, as the ALiBi paper's non-overlapping "
         "evaluation): each window of L tokens is scored whole, so average context grows with L. "
         f"**Last {LAST}** ({toks['last']:,} predictions, identical at every L): windows of L tokens ending every "

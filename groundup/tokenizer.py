@@ -206,20 +206,49 @@ def train_bpe(
 def train_wordpiece(
     texts: Iterable[str], vocab_size: int, special_tokens: Sequence[str] = BERT_SPECIALS
 ) -> Tokenizer:
-    """Lowercase WordPiece like BERT-base-uncased ("playing" -> "play", "##ing")."""
+    """Lowercase WordPiece like BERT-base-uncased ("playing" -> "play", "##ing").
+
+    Trained as HF's WordPieceTrainer does (BPE merges over words, "##" marking non-initial pieces), but
+    reproducibly: that trainer adds the "##" characters in hash-map order, so equal-count merges, and with
+    them the vocabulary, differ from process to process. Here every non-initial character is first mapped to
+    a private-use twin, the prefix-free BPE trainer (deterministic) learns the merges, and the twins become
+    "##" pieces again."""
     if "[UNK]" not in special_tokens:
         raise ValueError(f"train_wordpiece(special_tokens={tuple(special_tokens)}): must include '[UNK]'")
-    tk = _bert_pipeline(models.WordPiece(unk_token="[UNK]"), lowercase=True)
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=list(special_tokens), show_progress=False
-    )
-    _train(tk, trainer, texts, "train_wordpiece")
+    bert = _bert_pipeline(models.WordPiece(unk_token="[UNK]"), lowercase=True)
+    split = lambda t: [w for w, _ in bert.pre_tokenizer.pre_tokenize_str(bert.normalizer.normalize_str(t))]
+    marked = (" ".join(w[0] + "".join(map(_twin, w[1:])) for w in split(t)) for t in _as_list(texts))
+    tk = tokenizers.Tokenizer(models.BPE(unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    _train(tk, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special_tokens), show_progress=False),
+           marked, "train_wordpiece")
     if tk.get_vocab_size() > vocab_size:  # the trainer keeps the whole alphabet regardless
         raise ValueError(
             f"train_wordpiece(vocab_size={vocab_size}) is too small: the characters of the text "
             f"plus special tokens alone need {tk.get_vocab_size()}; use a larger vocab_size"
         )
-    return _with_bert_template(tk)
+    vocab: dict[str, int] = {}
+    for t, _ in sorted(tk.get_vocab().items(), key=lambda kv: kv[1]):
+        piece = t if t in special_tokens else "##" * _is_twin(t[0]) + "".join(map(_untwin, t))
+        vocab.setdefault(piece, len(vocab))  # ids stay dense if an untwinnable character made two pieces equal
+    bert.model = models.WordPiece(vocab, unk_token="[UNK]")
+    bert.add_special_tokens(list(special_tokens))  # keeps their ids, never split
+    return _with_bert_template(bert)
+
+
+_TWIN = 0xF0000  # Unicode plane 15, private use: no text character lands there
+
+
+def _twin(c: str) -> str:
+    return chr(_TWIN + ord(c)) if ord(c) < 0xFFFE else c  # astral characters stay (they cannot be twinned)
+
+
+def _is_twin(c: str) -> bool:
+    return _TWIN <= ord(c) < _TWIN + 0xFFFE
+
+
+def _untwin(c: str) -> str:
+    return chr(ord(c) - _TWIN) if _is_twin(c) else c
 
 
 def wordpiece_from_vocab(vocab_txt_path: str | os.PathLike, lowercase: bool = True) -> Tokenizer:
@@ -239,9 +268,12 @@ def wordpiece_from_vocab(vocab_txt_path: str | os.PathLike, lowercase: bool = Tr
 
 
 # --- helpers ---------------------------------------------------------------------------------
+def _as_list(texts: Iterable[str] | str) -> Iterable[str]:
+    return [texts] if isinstance(texts, str) else texts
+
+
 def _train(tk: tokenizers.Tokenizer, trainer: trainers.Trainer, texts: Iterable[str], fn: str) -> None:
-    if isinstance(texts, str):
-        texts = [texts]
+    texts = _as_list(texts)
     n_chars = 0
 
     def counted() -> Iterator[str]:  # streams the texts while checking they are not all empty

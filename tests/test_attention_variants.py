@@ -15,13 +15,6 @@ from groundup.nn import KVCache, kv_bytes_per_token
 VOCAB, BLOCK = 40, 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny(pos: str, **extra) -> DecoderLM:
     torch.manual_seed(0)

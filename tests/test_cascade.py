@@ -27,15 +27,6 @@ from groundup.serve import (
 )
 from groundup.tokenizer import char_tokenizer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --- threshold search -------------------------------------------------------------------------------------------
 SMALL_SCORES = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]
 SMALL_RIGHT = [1, 1, 0, 1, 0, 0]

@@ -22,13 +22,6 @@ from groundup.train import save_checkpoint
 TARGETS = ["q_proj", "v_proj", "down_proj"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny(vocab: int = 65) -> torch.nn.Module:
     torch.manual_seed(0)

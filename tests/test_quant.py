@@ -17,13 +17,6 @@ from groundup.train import save_checkpoint
 BF16_EPS = 2.0**-8  # bf16 keeps 8 significant bits: a rounding moves a value by at most 2^-9 of it
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def weight(n: int = 128, k: int = 256, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)

@@ -26,14 +26,6 @@ from groundup.serve.engine import EngineConfig
 from groundup.serve.server import ServeJob, build_engine, quantize_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     return save_assets(tmp_path_factory.mktemp("serve"))

@@ -11,21 +11,12 @@ import time
 
 import httpx
 import pytest
-import torch
 from serve_helpers import SlowDecoder, chat_tokenizer, running_server, tiny_decoder
 
 from groundup.generate import GenerationConfig, generate_text
 from groundup.serve.app import AppConfig, create_app
 from groundup.serve.engine import Engine, EngineConfig
 from groundup.serve.registry import ServedModels
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -20,13 +20,6 @@ from groundup.serve.slots import SlotCache
 PROMPTS = ["ROMEO: ", "Hello there, my lord of the", "A", "To be or not", "KING HENRY: Now", "x y z w"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def tok():
