@@ -194,7 +194,8 @@ def test_encode_batch_rejects_a_bare_string(bpe):
 def test_wordpiece_training_is_the_same_in_every_process(corpus):
     """HF's WordPieceTrainer gives a different vocabulary per process (hash-map order); ours must not."""
     code = ("import sys, json; from groundup.tokenizer import train_wordpiece; "
-            "t = train_wordpiece([sys.stdin.read()], vocab_size=400); print(json.dumps(sorted(t.backend.get_vocab().items())))")
+            "t = train_wordpiece([sys.stdin.read()], vocab_size=400); "
+            "print(json.dumps(sorted(t.backend.get_vocab().items())))")
     runs = [subprocess.run([sys.executable, "-c", code], input=corpus[:50_000], capture_output=True, text=True,
                            check=True).stdout for _ in range(3)]
     assert runs[0] == runs[1] == runs[2]
