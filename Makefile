@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -c constraints.txt
 
-.PHONY: demo test bench bench-finetune lint install clean
+.PHONY: demo test bench bench-finetune bench-deploy bench-serve lint install clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	# WordNet (Debian data) for `groundup data augment`; needs root the first time
@@ -38,6 +38,20 @@ bench-finetune: install
 	$(PY) bench/finetune_methods.py
 	$(PY) bench/lora_throughput.py
 	$(PY) bench/sentiment.py
+
+bench-deploy: install
+	# quantization vs bf16 / bitsandbytes / torchao / llama.cpp; MoE vs dense; attention variants; cascades
+	$(PIP) -q bitsandbytes==0.50.2 torchao==0.18.0
+	$(PY) bench/quant.py
+	$(PY) bench/moe_vs_dense.py
+	$(PY) bench/alibi_extrapolation.py
+	$(PY) bench/gqa.py
+	$(PY) bench/attention_backends.py
+	$(PY) bench/cascade.py
+
+bench-serve: install
+	# 16 concurrent clients vs one at a time, mixed LoRA adapters, `transformers serve` on the same load
+	$(PY) bench/serve_load.py
 
 lint: install
 	$(VENV)/bin/ruff check groundup tests bench

@@ -126,6 +126,7 @@ def create_app(engine: Engine, models: ServedModels, cfg: AppConfig | None = Non
     async def chat_completions(request: Request) -> Response:
         ctx.authorize(request)
         body = parse_chat(await ctx.read_json(request))
+        ctx.encode("", "messages")  # refuses early on a server that only embeds
         template = ctx.tokenizer.chat_template or PLAIN_TEMPLATE
         try:
             text = apply_chat_template(template, body.messages, True, ctx.special(ctx.tokenizer.bos_id),
