@@ -16,6 +16,7 @@ import copy
 import ctypes
 import gc
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -41,14 +42,20 @@ def groundup_variants(base: torch.nn.Module) -> dict[str, torch.nn.Module]:
     from groundup.quant import quantize, tensor_bytes
 
     out = {}
-    for name in ("bf16", "int8", "int4", "nf4"):
+    for name, fmt, head in VARIANTS:
         model = copy.deepcopy(base)
-        if name != "bf16":
-            quantize(model, name)
-        BYTES[f"groundup {name}"] = tensor_bytes(model)  # before packing: PackedLinear's copies are not registered
+        if fmt != "bf16":
+            quantize(model, fmt, head=head)
+        BYTES[name] = tensor_bytes(model)  # before packing: PackedLinear's copies are not registered
         pack_for_inference(model)
-        out[f"groundup {name}"] = model
+        out[name] = model
     return out
+
+
+# (row, format, head format): the int8 head is llama.cpp's choice for this file (token_embd is Q8_0 in it)
+VARIANTS = [("groundup bf16", "bf16", None), ("groundup int8", "int8", None), ("groundup int4", "int4", None),
+            ("groundup nf4", "nf4", None), ("groundup int8 + int8 head", "int8", "int8"),
+            ("groundup int4 + int8 head", "int4", "int8")]
 
 
 BYTES: dict[str, int] = {}
@@ -142,7 +149,7 @@ def perplexity_table(models: dict[str, torch.nn.Module], tok, args) -> list:
     from groundup.eval import text_perplexity
 
     text = TEXT.read_text()[-(4000 if args.quick else 40000):]  # the end of the corpus: the held-out split
-    ppl = {n: text_perplexity(m, tok, text, None)["ppl"] for n, m in models.items() if n.startswith("groundup")}
+    ppl = {n: text_perplexity(m, tok, text, None)["ppl"] for n, m in models.items()}
     base = ppl["groundup bf16"]
     return [[n, p, p / base, f"{100 * (p / base - 1):+.2f}%"] for n, p in ppl.items()]
 
@@ -175,7 +182,7 @@ def memory_child(kind: str, args) -> dict:
 
     from groundup.loading import load_pretrained
     from groundup.peft import LoraConfig, inject, trainable_parameters
-    from groundup.quant import quantize
+    from groundup.quant import quantize, tensor_bytes
 
     common.setup(args.threads)
     model, tok = load_pretrained(MODEL, torch.bfloat16)
@@ -188,6 +195,7 @@ def memory_child(kind: str, args) -> dict:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except OSError:
         pass
+    loaded_mb = current_rss_mb()
     window = reset_peak()
     opt = torch.optim.AdamW(trainable_parameters(model).values(), lr=1e-4)
     t0 = time.perf_counter()
@@ -200,25 +208,40 @@ def memory_child(kind: str, args) -> dict:
         loss.backward()
         opt.step()
         opt.zero_grad()
-    return {"kind": kind, "work_peak_mb": window_peak_mb() if window else None, "loss": loss.item(),
+    peak, weight_mb = (window_peak_mb() if window else None), tensor_bytes(model) / 2**20
+    # the model's tensors counted exactly, plus what training added on top of the loaded process (activations,
+    # gradients, optimizer state, dequantized weights in flight): the CPU analogue of max_memory_allocated
+    return {"kind": kind, "work_peak_mb": peak, "training_mb": weight_mb + peak - loaded_mb if peak else None,
+            "weight_mb": weight_mb, "loss": loss.item(),
             "s_per_step": (time.perf_counter() - t0) / args.mem_steps}
 
 
+def current_rss_mb() -> float:
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+# glibc serves big blocks from a heap whose freed memory stays resident (the mmap threshold grows after frees); a
+# fixed threshold maps every tensor on its own and unmaps it when freed, so resident memory follows live tensors
+MALLOC_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
 def memory_table(args) -> list:
-    recs = {}
-    for kind in ("lora", "qlora"):
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "r.json"
-            cmd = [sys.executable, __file__, "--child", kind, "--out-json", str(out), "--threads", str(args.threads),
-                   "--batch", str(args.batch), "--mem-steps", str(args.mem_steps)]
-            subprocess.run(cmd, check=False)
-            recs[kind] = json.loads(out.read_text()) if out.is_file() else {"work_peak_mb": None}
-    lora = recs["lora"]["work_peak_mb"]
     rows = []
-    for kind, label in (("lora", "LoRA r=8 all linear, bf16 base"), ("qlora", "QLoRA r=8 all linear, NF4 base")):
-        peak = recs[kind]["work_peak_mb"]
-        ratio = peak / lora if peak and lora else "-"
-        rows.append([label, peak or "-", ratio, recs[kind].get("s_per_step", "-")])
+    for batch in sorted({1, args.batch}):
+        recs = {}
+        for kind in ("lora", "qlora"):
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp) / "r.json"
+                cmd = [sys.executable, __file__, "--child", kind, "--out-json", str(out), "--threads",
+                       str(args.threads), "--batch", str(batch), "--mem-steps", str(args.mem_steps)]
+                subprocess.run(cmd, check=False, env=MALLOC_ENV)
+                recs[kind] = json.loads(out.read_text()) if out.is_file() else {}
+        for kind, label in (("lora", "LoRA r=8 all linear, bf16 base"), ("qlora", "QLoRA r=8 all linear, NF4 base")):
+            r, base = recs[kind], recs["lora"]
+            ratio = lambda key: r[key] / base[key] if r.get(key) and base.get(key) else "-"  # noqa: E731
+            rows.append([f"{label}, batch {batch}", r.get("weight_mb", "-"), r.get("training_mb", "-"),
+                         ratio("training_mb"), r.get("work_peak_mb", "-"), r.get("s_per_step", "-")])
     return rows
 
 
@@ -252,14 +275,16 @@ def main() -> None:
     tables[title] = common.show(title, headers, rows)
     title = "Perplexity on the last part of shakespeare.txt (targets: int8 within 1%, int4 / nf4 within 8%)"
     tables[title] = common.show(title, ["model", "perplexity", "ratio vs bf16", "change"],
-                                perplexity_table(models, tok, args))
+                                perplexity_table({**models, **foreign}, tok, args))
     cpp = next((r[1] for r in rows if str(r[0]).startswith("llama.cpp") and r[1] != "-"), None)
-    if cpp is None or tps["groundup int4"] < 0.9 * cpp:
-        title = "Where a groundup int4 decode step goes (per token; torch.profiler self CPU time)"
+    if cpp is None or tps["groundup int4 + int8 head"] < 0.9 * cpp:
+        title = "Where a groundup int4 (+ int8 head) decode step goes (per token; torch.profiler self CPU time)"
         tables[title] = common.show(title, ["part", "ms / token", "share of wall"],
-                                    profile_int4(models["groundup int4"], ids, args.new))
-    title = f"QLoRA vs LoRA training memory, batch {args.batch} x 64 tokens, peak RSS after loading (VmHWM)"
-    tables[title] = common.show(title, ["setting", "train peak MB", "ratio vs LoRA (target <= 0.5)", "s / step"],
+                                    profile_int4(models["groundup int4 + int8 head"], ids, args.new))
+    title = ("QLoRA vs LoRA training memory, 64-token rows: the model's tensors plus the resident memory the training "
+             "steps added (activations, gradients, optimizer state)")
+    tables[title] = common.show(title, ["setting", "model tensors MB", "training memory MB",
+                                        "ratio vs LoRA (target <= 0.5)", "process peak MB", "s / step"],
                                 memory_table(args))
     path = common.write_results(common.result_name("quant", args.tag), tables, {"quick": args.quick})
     print(f"wrote {path}")

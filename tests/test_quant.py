@@ -94,7 +94,8 @@ def test_fused_kernel_equals_reference_within_bf16_rounding(fmt):
     assert layer.kernel() == fmt
     x = torch.randn(5, 256, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        fused = layer(x)
+        fused, xb = layer(x), x.to(torch.bfloat16)
+        assert torch.equal(layer(xb), layer.matmul(xb) + bias.to(torch.bfloat16))  # decode fast path == general
         layer.use_kernel = False
         reference = layer(x)
     # the kernel computes with bf16 activations (and bf16 int8 scales) and rounds its output to bf16: each
@@ -223,3 +224,23 @@ def test_group_size_must_divide_in_features_and_be_supported():
     with pytest.raises(QuantError, match=r"nf4 needs in_features divisible by its blocksize 64, got 96"):
         quantize(model, "nf4")
     assert not any(isinstance(m, QuantLinear) for m in model.modules())  # a refused plan changes nothing
+
+
+def test_an_int8_head_quantizes_a_copy_of_the_tied_output_projection_and_saves(tmp_path):
+    model = tiny_decoder()
+    emb = model.embed.tok_emb.weight.detach().clone()
+    ids = torch.randint(0, 65, (1, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        body_only = copy.deepcopy(model)
+        quantize(body_only, "int4")
+        report = quantize(model, "int4", head="int8")
+        assert isinstance(model.lm_head, QuantLinear) and model.lm_head.fmt == "int8"
+        assert torch.equal(model.embed.tok_emb.weight, emb)  # the lookup table stays float
+        # the head's int8 codes cost one byte per weight plus 6 per row, its float copy (tied) was 4 per weight
+        assert report.weight_bytes_after - body_only.quant_report.weight_bytes_after == 65 * 128 + 6 * 65
+        out, ref = model(ids), body_only(ids)
+        assert float((out - ref).norm() / ref.norm()) < 0.02  # int8 head: a small change on top of int4
+        loaded, _ = load_pretrained(save_checkpoint(tmp_path / "ckpt", model))
+        assert torch.equal(loaded(ids), out)
+    with pytest.raises(QuantError, match="unknown"):
+        quantize(tiny_decoder(), "int4", head="int3")
