@@ -95,13 +95,12 @@ def attach_adapters(model: nn.Module, specs: dict[str, Path]) -> tuple[nn.Module
 
 
 def quantize_model(model: nn.Module, fmt: str) -> nn.Module:
-    try:
-        from ..quant import quantize
-    except ImportError:
-        raise ValueError(f"--quantize {fmt}: quantization is not available in this build of groundup "
-                         "(groundup.quant is missing); serve without --quantize") from None
-    out = quantize(model, fmt)
-    return model if out is None else out
+    """Weight-only quantization before adapters attach (they wrap the quantized layers); the output head gets an
+    int8 copy, which decoding reads once per token."""
+    from ..quant import quantize
+
+    quantize(model, fmt, head="int8")
+    return model
 
 
 def build_engine(job: ServeJob) -> tuple[Engine, ServedModels]:
