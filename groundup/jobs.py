@@ -343,6 +343,7 @@ COMMANDS = {
   groundup serve --model smollm2-135m-instruct --adapter math=runs/finetune/adapter --port 8000
   groundup serve --model smollm2-135m-instruct --embedding_model all-minilm-l6-v2 --api_key secret
   groundup serve --model runs/quickstart/ckpt --engine.max_batch 32 --engine.max_queue 128
+  groundup serve --model smollm2-135m-instruct --cascade cheap-first=cascade.json   # model=cheap-first: a cascade
 """),
     "data clean": (CleanJob, clean_cli, """
   groundup data clean --input raw.jsonl --out clean.jsonl

@@ -1,6 +1,14 @@
 """The OpenAI-compatible web app (FastAPI): /v1/completions, /v1/chat/completions (stream: true gives server-sent
 events in OpenAI's chunk format, ending with `data: [DONE]`), /v1/embeddings, /v1/models, /health, /metrics.
 
+A request whose `model` names a cascade (registry.ServedCascade) runs the whole cascade on a worker thread and
+answers in the same format, plus a `groundup` object: the member that answered, its score, the cost of every
+member asked, and the sampling fields it `ignored`. A cascade decodes greedily (its thresholds were set for greedy
+answers), so temperature / top_p / top_k are ignored, as OpenAI's clients send them by default; max_tokens caps
+each member's max_new_tokens and stop cuts the answer. Chat messages are rendered with the first member's chat
+template. With stream: true the answer comes as one chunk, then [DONE]: nothing can stream before the cascade
+has decided which member answers.
+
     HTTP request ─ auth ─ read body (size cap) ─ parse + check (schema.py) ─ tokenize ─ engine.submit
         <─ asyncio.Queue <─ loop.call_soon_threadsafe <─ engine thread emits Events
 
@@ -14,6 +22,7 @@ import asyncio
 import base64
 import hmac
 import json
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -30,7 +39,7 @@ from ..chat import ChatTemplateError, apply_chat_template
 from ..generate import GenerationConfig
 from .engine import Engine, EngineClosedError, QueueFullError
 from .metrics import Metrics
-from .registry import ServedModels
+from .registry import ServedCascade, ServedModels
 from .requests import EmbeddingRequest, Event, GenerationRequest
 from .schema import GenerationBody, RequestError, error_body, parse_chat, parse_completion, parse_embedding
 
@@ -117,24 +126,31 @@ def create_app(engine: Engine, models: ServedModels, cfg: AppConfig | None = Non
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         ctx.authorize(request)
-        body = parse_completion(await ctx.read_json(request))
+        body = parse_completion(raw := await ctx.read_json(request))
         prompt = body.prompt
+        if body.model in models.cascades:
+            return await ctx.cascade(request, body, raw, prompt, "text_completion", "prompt")
         ids = list(prompt) if isinstance(prompt, list) else ctx.encode(prompt, "prompt")
         return await ctx.generate(request, body, ids, "text_completion", "prompt", default_tokens=16)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         ctx.authorize(request)
-        body = parse_chat(await ctx.read_json(request))
-        ctx.encode("", "messages")  # refuses early on a server that only embeds
-        template = ctx.tokenizer.chat_template or PLAIN_TEMPLATE
+        body = parse_chat(raw := await ctx.read_json(request))
+        served = models.cascades.get(body.model)
+        if served is None:
+            ctx.encode("", "messages")  # refuses early on a server that only embeds
+        tok = ctx.tokenizer if served is None else served.tokenizer
+        template = tok.chat_template or PLAIN_TEMPLATE
         try:
-            text = apply_chat_template(template, body.messages, True, ctx.special(ctx.tokenizer.bos_id),
-                                       ctx.special(ctx.tokenizer.eos_id))
+            text = apply_chat_template(template, body.messages, True, _special(tok, tok.bos_id),
+                                       _special(tok, tok.eos_id))
         except ChatTemplateError as e:
             raise RequestError(str(e), "messages") from None
         if END_OF_TURN in template:
             body.sampling.stop = (*body.sampling.stop, END_OF_TURN)
+        if served is not None:
+            return await ctx.cascade(request, body, raw, text, "chat.completion", "messages")
         return await ctx.generate(request, body, ctx.encode(text, "messages"), "chat.completion", "messages")
 
     @app.post("/v1/embeddings")
@@ -190,9 +206,6 @@ class _Context:
         if not isinstance(body, dict):
             raise RequestError(f"the body must be a JSON object, got {type(body).__name__}", None, "invalid_json")
         return body
-
-    def special(self, token_id: int | None) -> str:
-        return (self.tokenizer.id_to_token(token_id) or "") if token_id is not None else ""
 
     def encode(self, text: str, param: str) -> list[int]:
         if self.tokenizer is None:
@@ -270,15 +283,34 @@ class _Context:
             raise RequestError(result.error, "input")
         return result
 
+    async def cascade(self, request: Request, body: GenerationBody, raw: dict, query: str | list[int], kind: str,
+                      param: str) -> Response:
+        """Run the cascade on a worker thread; the reply (or one chunk when streaming) carries a `groundup` object."""
+        served: ServedCascade = self.models.cascades[body.model]
+        if not isinstance(query, str):
+            raise RequestError(f"'{param}' must be text for cascade {body.model!r} (its members may use different "
+                               "tokenizers); send a string", param)
+        reply = await asyncio.to_thread(served.answer, query, body.sampling.max_tokens, body.sampling.stop, param)
+        ignored = [k for k, neutral in (("temperature", (None, 0)), ("top_p", (None, 1)), ("top_k", (None, -1)))
+                   if raw.get(k) not in neutral]
+        meta = _meta(body.model, kind) | {"groundup": reply.info | {"ignored": ignored}}
+        done = Event(reply.text, reply.finish_reason, prompt_tokens=reply.prompt_tokens,
+                     completion_tokens=reply.completion_tokens)
+        if body.stream:
+            events: asyncio.Queue = asyncio.Queue()
+            events.put_nowait(done)
+            return StreamingResponse(self._sse(events, threading.Event(), meta, kind, body.include_usage),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return _reply(meta, kind, reply.text, done)
+
     async def generate(self, request: Request, body: GenerationBody, ids: list[int], kind: str, param: str,
                        default_tokens: int | None = None) -> Response:
         events, emit = self._channel()
         job = self._request(body, ids, param, default_tokens, emit)
         self._submit(job)
-        meta = {"id": f"{'chatcmpl' if kind.startswith('chat') else 'cmpl'}-{uuid.uuid4().hex}",
-                "created": int(time.time()), "model": body.model}
+        meta = _meta(body.model, kind)
         if body.stream:
-            return StreamingResponse(self._sse(events, job, meta, kind, body.include_usage),
+            return StreamingResponse(self._sse(events, job.cancelled, meta, kind, body.include_usage),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         pieces = []
         try:
@@ -292,15 +324,9 @@ class _Context:
                     break
         finally:
             job.cancelled.set()
-        text, usage = "".join(pieces), _usage(event)
-        if kind == "chat.completion":
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                      "finish_reason": event.finish_reason}
-        else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": event.finish_reason}
-        return JSONResponse({**meta, "object": kind, "choices": [choice], "usage": usage})
+        return _reply(meta, kind, "".join(pieces), event)
 
-    async def _sse(self, events: asyncio.Queue, job: GenerationRequest, meta: dict, kind: str,
+    async def _sse(self, events: asyncio.Queue, cancelled: threading.Event, meta: dict, kind: str,
                    include_usage: bool) -> AsyncIterator[str]:
         chat = kind == "chat.completion"
         obj = "chat.completion.chunk" if chat else "text_completion"
@@ -330,7 +356,25 @@ class _Context:
                     break
             yield "data: [DONE]\n\n"
         finally:
-            job.cancelled.set()
+            cancelled.set()
+
+
+def _special(tokenizer, token_id: int | None) -> str:
+    return (tokenizer.id_to_token(token_id) or "") if token_id is not None else ""
+
+
+def _meta(model: str, kind: str) -> dict:
+    return {"id": f"{'chatcmpl' if kind.startswith('chat') else 'cmpl'}-{uuid.uuid4().hex}",
+            "created": int(time.time()), "model": model}
+
+
+def _reply(meta: dict, kind: str, text: str, event: Event) -> JSONResponse:
+    if kind == "chat.completion":
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                  "finish_reason": event.finish_reason}
+    else:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": event.finish_reason}
+    return JSONResponse({**meta, "object": kind, "choices": [choice], "usage": _usage(event)})
 
 
 def _usage(event: Event) -> dict[str, int]:

@@ -18,7 +18,7 @@ validation set to a cost budget (Cascade.fit; the search is described in cascade
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -265,6 +265,26 @@ class Cascade:
         greedy answers do not change, so a threshold sweep needs each model run once."""
         n = self._check_table("answers", answers)
         return self._route(n, lambda stage, idx: [answers[stage][i] for i in idx])
+
+    def spec(self, models: Mapping[str, str], adapters: Mapping[str, str] | None = None) -> dict:
+        """The JSON spec `groundup serve --cascade NAME=FILE` serves (json.dumps it to FILE): `models` maps each
+        member's name to its model (a folder, a packaged name, or "base" for the server's --model), `adapters`
+        the members that add a LoRA / IA3 / BitFit adapter folder. Only the mean_logprob scorer can be written."""
+        if self.scorer is not mean_logprob or self._thresholds is None:
+            raise ValueError("Cascade.spec: a spec holds thresholds and the mean_logprob scorer; set thresholds (or "
+                             "fit) and use scorer=mean_logprob")
+        adapters = adapters or {}
+        members = []
+        for m in self.members:
+            if not isinstance(m, CascadeMember) or m.name not in models:
+                raise ValueError(f"Cascade.spec: member {m.name!r} needs to be a CascadeMember named in `models`")
+            per_parameter = m.cost.unit == "parameter-tokens"
+            cost = {"per_parameter": True} if per_parameter else {"input_price": m.cost.input_price,
+                                                                  "output_price": m.cost.output_price}
+            members.append({"name": m.name, "model": str(models[m.name]), "template": m.template, "cost": cost,
+                            "max_new_tokens": m.generation.max_new_tokens, "stop": list(m.generation.stop)}
+                           | ({"adapter": str(adapters[m.name])} if m.name in adapters else {}))
+        return {"members": members, "thresholds": list(self._thresholds), "scorer": "mean_logprob"}
 
     def answer_all(self, queries: Sequence[str], batch_size: int = 16) -> list[list[Answer]]:
         """Every member's answer to every query: (M, N)."""

@@ -1,12 +1,16 @@
 """The names a request's `model` field may use: the base model, a LoRA (or IA3 / BitFit) adapter, a soft
-prompt (vLLM's convention: an adapter is served under its own name), and the embedding model."""
+prompt (vLLM's convention: an adapter is served under its own name), a cascade, and the embedding model."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+import threading
+from dataclasses import dataclass, field, replace
 
 import torch
 
+from ..generate import _cut_at_stop, context_room
+from .cascade import Cascade
 from .schema import RequestError
 
 
@@ -17,14 +21,65 @@ class Target:
 
 
 @dataclass
+class CascadeReply:
+    text: str
+    finish_reason: str  # "stop" | "length"
+    prompt_tokens: int  # of the member that answered
+    completion_tokens: int
+    info: dict  # the response's `groundup` object: member, stage, score, cost (all members asked), tried
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+class ServedCascade:
+    """A FrugalGPT cascade (cascade.py) served under one name. Its members run whole models one after another,
+    so a request runs on a worker thread (one request per cascade at a time), outside the continuous-batching
+    engine, and decodes greedily: the thresholds were set for greedy answers."""
+
+    def __init__(self, cascade: Cascade) -> None:
+        self.cascade, self.lock = cascade, threading.Lock()
+        self.tokenizer = cascade.members[0].tokenizer  # renders chat messages (the first member's template)
+
+    def answer(self, query: str, max_tokens: int | None, stop: tuple[str, ...], param: str) -> CascadeReply:
+        """max_tokens caps every member's max_new_tokens; stop strings cut the answer (not the scored tokens)."""
+        members = []
+        for m in self.cascade.members:
+            try:
+                n = len(m.tokenizer.encode(m.template.replace("{query}", query)))
+            except ValueError as e:
+                raise RequestError(f"'{param}' cannot be tokenized for member {m.name!r}: {e}", param) from None
+            if n == 0:
+                raise RequestError(f"'{param}' is empty; give at least one token of text", param)
+            if n >= context_room(m.model):
+                raise RequestError(f"'{param}' is {n} tokens for member {m.name!r}, whose context holds "
+                                   f"{context_room(m.model)}; shorten it", param, "context_length_exceeded")
+            steps = min(m.generation.max_new_tokens, max_tokens or m.generation.max_new_tokens)
+            members.append(replace(m, generation=replace(m.generation, max_new_tokens=steps)))
+        with self.lock:
+            r = Cascade(members, self.cascade.scorer, self.cascade.thresholds)(query)
+        a = r.tried[-1]
+        text = _cut_at_stop(a.text, stop)[0]
+        full = a.n_output_tokens >= members[r.stage].generation.max_new_tokens
+        info = {"member": r.member, "stage": r.stage, "score": _finite(r.score), "cost": r.cost,
+                "tried": [{"member": t.member, "score": _finite(s), "cost": t.cost}
+                          for t, s in zip(r.tried, r.scores, strict=True)]}
+        return CascadeReply(text, "length" if full and text == a.text else "stop", a.n_input_tokens,
+                            a.n_output_tokens, info)
+
+
+@dataclass
 class ServedModels:
     base: str | None  # the generating model's name (None: this server only embeds)
     adapters: dict[str, str] = field(default_factory=dict)  # name -> method ("lora", "ia3", "bitfit")
     soft_prompts: dict[str, torch.Tensor] = field(default_factory=dict)
     embedding: str | None = None  # the encoder's name
+    cascades: dict[str, ServedCascade] = field(default_factory=dict)
 
     def names(self) -> list[str]:
-        return [n for n in (self.base, *self.adapters, *self.soft_prompts, self.embedding) if n is not None]
+        return [n for n in (self.base, *self.adapters, *self.soft_prompts, *self.cascades, self.embedding)
+                if n is not None]
 
     def generation_target(self, name: str) -> Target:
         if name == self.base:
@@ -40,7 +95,7 @@ class ServedModels:
                            "(GET /v1/models lists them)", "model", "model_not_found")
 
     def generating(self) -> list[str]:
-        return [n for n in (self.base, *self.adapters, *self.soft_prompts) if n is not None]
+        return [n for n in (self.base, *self.adapters, *self.soft_prompts, *self.cascades) if n is not None]
 
     def check_embedding(self, name: str) -> None:
         if self.embedding is None:
@@ -57,5 +112,6 @@ class ServedModels:
 
         data = [card(self.base)] if self.base else []
         data += [card(n, self.base) for n in (*self.adapters, *self.soft_prompts)]
+        data += [card(n) | {"members": [m.name for m in c.cascade.members]} for n, c in self.cascades.items()]
         data += [card(self.embedding)] if self.embedding else []
         return {"object": "list", "data": data}

@@ -1,10 +1,11 @@
-"""`groundup serve`: load the model (and adapters, an embedding model, optional quantization), build the
-engine and the OpenAI-compatible app, and run it with uvicorn. FastAPI and uvicorn are imported only here
+"""`groundup serve`: load the model (and adapters, an embedding model, cascades, optional quantization), build
+the engine and the OpenAI-compatible app, and run it with uvicorn. FastAPI and uvicorn are imported only here
 and in app.py, so the rest of groundup does not need them."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +17,10 @@ from ..models.decoder import DecoderLM
 from ..peft.api import delete_adapter
 from ..peft.config import PeftError
 from ..peft.prompt import PromptModel
+from .cascade import Cascade, CascadeMember, CostModel
+from .cascade_fit import mean_logprob
 from .engine import Engine, EngineConfig
-from .registry import ServedModels
+from .registry import ServedCascade, ServedModels
 
 QUICKSTART = "runs/quickstart/ckpt"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -27,6 +30,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 class ServeJob:
     model: str = QUICKSTART  # checkpoint dir, HF dir, .gguf file, packaged name, or an encoder (embeddings only)
     adapter: list[str] = field(default_factory=list)  # NAME=PATH, repeatable: LoRA / IA3 / BitFit / soft prompt
+    cascade: list[str] = field(default_factory=list)  # NAME=SPEC.json, repeatable: a FrugalGPT cascade (CASCADE_SPEC)
     embedding_model: str | None = None  # an encoder for /v1/embeddings, e.g. all-minilm-l6-v2
     name: str | None = None  # the base model's name in requests (default: --model as given)
     quantize: str | None = None  # e.g. int8: quantize the base weights before adapters attach
@@ -38,14 +42,15 @@ class ServeJob:
     max_body_bytes: int = 1 << 20
 
 
-def parse_adapters(specs: list[str]) -> dict[str, Path]:
+def parse_adapters(specs: list[str], flag: str = "adapter", example: str = "math=runs/finetune/adapter",
+                   ) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for spec in specs:
         name, eq, path = spec.partition("=")
         if not eq or not name or not path:
-            raise ValueError(f"--adapter {spec!r} must be NAME=PATH, e.g. --adapter math=runs/finetune/adapter")
+            raise ValueError(f"--{flag} {spec!r} must be NAME=PATH, e.g. --{flag} {example}")
         if name in out:
-            raise ValueError(f"--adapter name {name!r} is given twice; each adapter needs its own name")
+            raise ValueError(f"--{flag} name {name!r} is given twice; each {flag} needs its own name")
         out[name] = Path(path)
     return out
 
@@ -103,6 +108,105 @@ def quantize_model(model: nn.Module, fmt: str) -> nn.Module:
     return model
 
 
+CASCADE_SPEC = """{"members": [
+    {"name": "small", "model": "base", "cost": {"per_parameter": true}, "max_new_tokens": 32},
+    {"name": "large", "model": "runs/big/ckpt", "adapter": "runs/finetune/adapter", "template": "{query}",
+     "cost": {"input_price": 1e-6, "output_price": 2e-6}, "max_new_tokens": 32, "stop": ["\\n\\n"]}],
+ "thresholds": [-0.8], "scorer": "mean_logprob"}"""
+MEMBER_KEYS = {"name", "model", "adapter", "template", "cost", "max_new_tokens", "stop"}
+
+
+def _threshold(value: object) -> float | None:
+    if isinstance(value, str) and value.strip().lower().lstrip("+-") in ("inf", "infinity"):
+        return float(value)
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+    return float(value) if ok else None
+
+
+def _cost(where: str, cost: object) -> dict:
+    fix = 'give {"input_price": P, "output_price": Q} (per token) or {"per_parameter": true}'
+    if cost == {"per_parameter": True}:
+        return cost
+    if not isinstance(cost, dict) or set(cost) != {"input_price", "output_price"}:
+        raise ValueError(f"{where}.cost={cost!r}: {fix}")
+    try:
+        CostModel(cost["input_price"], cost["output_price"])
+    except ValueError as e:
+        raise ValueError(f"{where}.cost: {e}") from None
+    return cost
+
+
+def read_cascade_spec(path: Path) -> dict:
+    """The checked spec of a cascade (CASCADE_SPEC shows every field; "model": "base" is the server's --model;
+    template, adapter, stop and max_new_tokens (32) are optional); every problem is found before a model loads."""
+    where = f"cascade spec {str(path)!r}"
+    if not path.is_file():
+        raise FileNotFoundError(f"{where}: no such file; write one like {CASCADE_SPEC} (Cascade.spec() gives it "
+                                "for a fitted cascade)")
+    try:
+        spec = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{where} is not valid JSON ({e}); it should look like {CASCADE_SPEC}") from None
+    if not isinstance(spec, dict) or set(spec) - {"members", "thresholds", "scorer"}:
+        raise ValueError(f"{where}: give an object with 'members', 'thresholds' and optionally 'scorer', e.g. "
+                         f"{CASCADE_SPEC}")
+    members, scorer = spec.get("members"), spec.get("scorer", "mean_logprob")
+    if not isinstance(members, list) or len(members) < 2:
+        raise ValueError(f"{where}: 'members' must list at least two models, cheapest first; got {members!r:.80}")
+    if scorer != "mean_logprob":
+        raise ValueError(f"{where}: 'scorer'={scorer!r} cannot be served; use \"mean_logprob\" (or leave it out)")
+    thresholds = [_threshold(t) for t in spec.get("thresholds") or []]
+    if len(thresholds) != len(members) - 1 or None in thresholds:
+        raise ValueError(f"{where}: 'thresholds'={spec.get('thresholds')!r} must be {len(members) - 1} number(s), "
+                         "one per member but the last (\"-inf\" = always accept, \"inf\" = always escalate)")
+    names = set()
+    for i, m in enumerate(members):
+        at = f"{where}: members[{i}]"
+        if not isinstance(m, dict) or set(m) - MEMBER_KEYS or not {"name", "model", "cost"} <= set(m):
+            raise ValueError(f"{at} must have 'name', 'model' and 'cost' (optional: adapter, template, "
+                             f"max_new_tokens, stop) and no other field; got {m!r:.120}")
+        for key in ("name", "model", "adapter", "template"):
+            if key in m and (not isinstance(m[key], str) or not m[key]):
+                raise ValueError(f"{at}.{key}={m[key]!r} must be a non-empty string")
+        if m["name"] in names:
+            raise ValueError(f"{at}.name={m['name']!r} repeats; give each member its own name")
+        names.add(m["name"])
+        _cost(at, m["cost"])
+        steps = m.get("max_new_tokens", 32)
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise ValueError(f"{at}.max_new_tokens={steps!r} must be a positive integer")
+        stop = m.get("stop", [])
+        if not isinstance(stop, list) or not all(isinstance(x, str) and x for x in stop):
+            raise ValueError(f"{at}.stop={stop!r} must be a list of non-empty strings")
+    return {"members": members, "thresholds": thresholds}
+
+
+def load_cascade(spec: dict, job: ServeJob) -> Cascade:
+    """Load every member (its own copy of the weights: the engine thread owns the served model) into a Cascade."""
+    from ..finetune import attach_adapter, merge_for_inference
+    from ..generate import GenerationConfig
+    from ..loading import load_pretrained
+
+    members = []
+    for m in spec["members"]:
+        at = f"--cascade member {m['name']!r}"
+        model, tok = load_pretrained(job.model if m["model"] == "base" else m["model"], DTYPES[job.dtype])
+        if not isinstance(model, DecoderLM) or tok is None:
+            raise ValueError(f"{at}: model {m['model']!r} must be a decoder with a tokenizer (tokenizer.json)")
+        if m["model"] == "base" and job.quantize:
+            model = quantize_model(model, job.quantize)
+        if "adapter" in m:
+            method = adapter_method(Path(m["adapter"]))
+            if method not in ("lora", "ia3", "bitfit"):
+                raise ValueError(f"{at}: a {method} adapter cannot be a member; use a LoRA, IA3 or BitFit adapter")
+            model = merge_for_inference(attach_adapter(model, m["adapter"]))
+        cost = m["cost"]
+        cost = CostModel.per_parameter(model) if "per_parameter" in cost else CostModel(**cost)
+        gen = GenerationConfig(max_new_tokens=m.get("max_new_tokens", 32), temperature=0, stop=tuple(m.get("stop", ())))
+        members.append(CascadeMember(m["name"], model, tok, cost, gen, m.get("template", "{query}")))
+    return Cascade(members, mean_logprob, spec["thresholds"])
+
+
 def build_engine(job: ServeJob) -> tuple[Engine, ServedModels]:
     from ..loading import load_pretrained
 
@@ -115,15 +219,21 @@ def build_engine(job: ServeJob) -> tuple[Engine, ServedModels]:
     if job.dtype not in DTYPES:
         raise ValueError(f"--dtype={job.dtype!r} must be one of {sorted(DTYPES)}")
     adapters = parse_adapters(list(job.adapter))
+    name = job.name or job.model
+    specs = {n: read_cascade_spec(p) for n, p in parse_adapters(list(job.cascade), "cascade", "cheap=c.json").items()}
+    taken = {name, job.embedding_model, *adapters}
+    if set(specs) & taken:
+        raise ValueError(f"--cascade name {sorted(set(specs) & taken)[0]!r} is also a model's or adapter's name; "
+                         "rename the cascade")
     model, tok = load_pretrained(job.model, DTYPES[job.dtype])
     encoder = load_pretrained(job.embedding_model) if job.embedding_model else None
-    name = job.name or job.model
+    cascades = {n: ServedCascade(load_cascade(spec, job)) for n, spec in specs.items()}
     if not isinstance(model, DecoderLM):  # an encoder given as --model: serve embeddings only
         if adapters or encoder is not None:
             raise ValueError(f"--model {job.model} is not a decoder (it is {type(model).__name__}); adapters and "
                              "--embedding_model need a generating (decoder) model as --model")
         engine = Engine(None, None, job.engine, encoder=(model, tok))
-        return engine, ServedModels(None, embedding=name)
+        return engine, ServedModels(None, embedding=name, cascades=cascades)
     if tok is None:
         raise ValueError(f"--model {job.model} has no tokenizer (tokenizer.json); the server needs one")
     if job.quantize:
@@ -133,11 +243,12 @@ def build_engine(job: ServeJob) -> tuple[Engine, ServedModels]:
     if clash:
         raise ValueError(f"--adapter name {sorted(clash)[0]!r} is also a model's name; rename the adapter")
     engine = Engine(model, tok, job.engine, encoder=encoder)
-    return engine, ServedModels(name, swaps, prompts, job.embedding_model)
+    return engine, ServedModels(name, swaps, prompts, job.embedding_model, cascades)
 
 
 def serve(job: ServeJob) -> None:
-    """Serve a model behind an OpenAI-compatible HTTP API (completions, chat, streaming, embeddings, LoRA)."""
+    """Serve a model behind an OpenAI-compatible HTTP API (completions, chat, streaming, embeddings, LoRA,
+    cascades)."""
     import uvicorn
 
     from .app import AppConfig, create_app
