@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from hf_helpers import randomize_
 from safetensors.torch import save_file
 from torch.testing import assert_close
 
@@ -39,15 +40,6 @@ LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_fr
 transformers.logging.set_verbosity_error()
 
 
-def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Random everything (biases and norm gains too), so any swapped or transposed tensor shows."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            is_gain = p.dim() == 1 and name.endswith("weight") and ("norm" in name.lower() or "ln_" in name)
-            p.copy_(1.0 + 0.1 * noise if is_gain else 0.1 * noise)
-    return model.eval()
 
 
 def ids(batch: int = 2, length: int = T, vocab: int = V, seed: int = 1) -> torch.Tensor:

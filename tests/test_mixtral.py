@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from hf_helpers import randomize_
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.testing import assert_close
@@ -30,14 +31,6 @@ transformers.logging.set_verbosity_error()
 
 
 
-def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Random everything (norm gains too), so any swapped or transposed tensor shows."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            p.copy_(1.0 + 0.1 * noise if p.dim() == 1 and "norm" in name else 0.1 * noise)
-    return model.eval()
 
 
 def ids(length: int = 24) -> torch.Tensor:
