@@ -243,8 +243,9 @@ def claims(results: dict[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
                     f"methods beat 4-shot prompting ({pct(few)}) by more than the 95% margin; the best is {best} at "
                     f"{pct(tuned[best])}." + (f" Worse than 4-shot: {', '.join(worse)}." if worse else ""))
         if not beat or worse:
+            verb = " falls" if len(worse) == 1 else " fall"
             disagree.append("fine-tuning does not always beat few-shot here: "
-                            + (", ".join(worse) + " fall below 4-shot" if worse else "no method clears the margin"))
+                            + (", ".join(worse) + verb + " below 4-shot" if worse else "no method clears the margin"))
     full, lora = acc.get(ANCHOR), acc.get("LoRA r=8 q,v")
     if full is not None and lora is not None:
         frac = results["LoRA r=8 q,v"]["trainable"] / results[ANCHOR]["trainable"]
