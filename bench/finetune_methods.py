@@ -57,8 +57,9 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory so far (ru_maxrss; Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident memory so far: VmHWM on Linux (ru_maxrss survives exec, so a child started
+    by a big parent would report the parent's peak), else ru_maxrss."""
+    return window_peak_mb() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def reset_peak() -> bool:

@@ -154,6 +154,28 @@ def perplexity_table(models: dict[str, torch.nn.Module], tok, args) -> list:
     return [[n, p, p / base, f"{100 * (p / base - 1):+.2f}%"] for n, p in ppl.items()]
 
 
+def float_model_table(args) -> list:
+    """The same formats on weights that were never quantized: a char-level Llama trained here in fp32 (SmolLM2's
+    weights come from a Q4_1 file, already on a 4-bit grid, which int4 with groups of 32 reproduces exactly)."""
+    from _char_lm import Recipe, build, char_corpus, train_char_lm
+
+    from groundup.eval import perplexity
+    from groundup.quant import quantize
+
+    corpus = char_corpus()
+    model = build("llama-tiny", corpus, 128, seed=0, d_ff=384)  # d_ff a multiple of 64: NF4 blocks fit
+    train_char_lm(model, corpus, Recipe(steps=20 if args.quick else 800))
+    val = corpus.val.tolist()[: 2000 if args.quick else 20000]
+    model = model.to(torch.bfloat16).eval()
+    ppl = {"bf16": perplexity(model, val)["ppl"]}
+    for fmt in ("int8", "int4", "nf4"):
+        q = copy.deepcopy(model)
+        quantize(q, fmt)
+        ppl[fmt] = perplexity(q, val)["ppl"]
+    return [[f"char Llama 4L/128d (fp32-trained) {n}", v, v / ppl["bf16"], f"{100 * (v / ppl['bf16'] - 1):+.2f}%"]
+            for n, v in ppl.items()]
+
+
 def profile_int4(model: torch.nn.Module, ids: list[int], new: int, tok_s: float) -> list:
     """Where a decode step goes, per token. Kernel times come from torch.profiler (self CPU time); the profiler
     slows the many small ops and the Python around them, so the rest is the wall time measured without it
@@ -284,6 +306,8 @@ def main() -> None:
     title = "Perplexity on the last part of shakespeare.txt (targets: int8 within 1%, int4 / nf4 within 8%)"
     tables[title] = common.show(title, ["model", "perplexity", "ratio vs bf16", "change"],
                                 perplexity_table({**models, **foreign}, tok, args))
+    title = "Perplexity of a model trained here in fp32 (the last 10% of shakespeare.txt, char-level)"
+    tables[title] = common.show(title, ["model", "perplexity", "ratio vs bf16", "change"], float_model_table(args))
     cpp = next((r[1] for r in rows if str(r[0]).startswith("llama.cpp") and r[1] != "-"), None)
     if cpp is None or tps["groundup int4 + int8 head"] < 0.9 * cpp:
         title = "Where a groundup int4 (+ int8 head) decode step goes (per token; torch.profiler self CPU time)"
