@@ -146,7 +146,8 @@ class QuantizeJob:
     to: str = "int8"  # int8 | int4 | nf4
     out: str = ""  # the checkpoint directory to write (load_pretrained / generate --model read it back)
     group_size: int = 32  # int4: weights per scale and zero (32, 64 or 128)
-    dtype: str = "bf16"  # what stays in floating point (embeddings, norms, lm_head): bf16 | fp32
+    head: str | None = "int8"  # the output projection's format (an int8 copy decodes faster); null keeps it float
+    dtype: str = "bf16"  # what stays in floating point (embeddings, norms): bf16 | fp32
 
 
 def quantize_cli(job: QuantizeJob) -> QuantReport:
@@ -159,7 +160,7 @@ def quantize_cli(job: QuantizeJob) -> QuantReport:
         raise ValueError(f"dtype={job.dtype!r} is unknown; use one of {list(DTYPES)}")
     check_format(job.to)
     model, tok = load_pretrained(job.model, DTYPES[job.dtype])
-    report = quantize(model, job.to, job.group_size)
+    report = quantize(model, job.to, job.group_size, head=job.head)
     written = save_checkpoint(job.out, model, tokenizer=tok)
     print(f"{report.summary()}\nwrote {written}")
     return report

@@ -86,10 +86,12 @@ def test_quantize_cli_writes_a_checkpoint_equal_to_the_library_result(tmp_path, 
     assert "int4: 14 linear layers" in capsys.readouterr().out
     loaded, tok = load_pretrained(tmp_path / "q")
     expected, _ = load_pretrained(base)
-    quantize(expected, "int4")
+    quantize(expected, "int4", head="int8")  # the command's default head
     ids = torch.tensor([tok.encode("ROMEO: 3 + 4")])
     with torch.no_grad():
         assert torch.equal(loaded(ids), expected(ids))
+    assert main(["quantize", f"--model={base}", "--to=int8", "--head=null", f"--out={tmp_path / 'plain'}"]) == 0
+    assert type(load_pretrained(tmp_path / "plain")[0].lm_head) is torch.nn.Linear
     assert main(["quantize", f"--model={base}", "--to=fp8", f"--out={tmp_path / 'bad'}"]) == 2
     assert "format 'fp8' is unknown; use one of ['int8', 'int4', 'nf4']" in capsys.readouterr().err
 
