@@ -257,3 +257,20 @@ def test_quantize_swaps_the_base_and_head_and_adapters_wrap_the_quantized_layers
     assert float((out - ref).norm() / ref.norm()) < 0.02  # int8 weights: well under 1% per weight
     with pytest.raises(QuantError, match="unknown"):
         quantize_model(copy.deepcopy(float_model), "int3")
+
+
+def test_served_model_is_packed_for_decoding_and_computes_what_the_adapter_does_alone(assets) -> None:
+    from groundup.nn.packed_linear import TransposedLinear
+
+    engine, _ = build_engine(ServeJob(model=str(assets["model"]), dtype="fp32",
+                                      adapter=[f"lora-a={assets['lora-a']}"]))
+    assert isinstance(engine.model.blocks[0].mlp.up_proj, TransposedLinear)  # fp32's decode layout
+    plain = P.load_adapter(load_pretrained(assets["model"])[0], assets["lora-a"], "lora-a")
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    with torch.no_grad(), P.adapter_rows(engine.model, ["lora-a", None]):
+        served = engine.model(ids)
+    with torch.no_grad():
+        alone = plain(ids[:1])
+        with P.disable(plain):
+            base = plain(ids[1:])
+    torch.testing.assert_close(served, torch.cat([alone, base]), atol=1e-5, rtol=1e-5)

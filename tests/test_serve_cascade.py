@@ -53,6 +53,7 @@ def direct(members, thresholds, query: str, max_new_tokens: int = MAX_NEW, stop:
 def job(setup, **kw) -> ServeJob:
     assets, _, _, root = setup
     return ServeJob(model=str(assets["model"]), name="tiny", engine=EngineConfig(max_batch=4, max_seq_len=64),
+                    dtype="fp32",  # the cascade called directly runs the fp32 checkpoint
                     **({"cascade": [f"first={root / 'first.json'}", f"second={root / 'second.json'}"]} | kw))
 
 

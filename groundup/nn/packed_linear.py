@@ -45,6 +45,11 @@ class TransposedLinear(nn.Module):
         self.weight_t = linear.weight.detach().t().contiguous()  # (in, out)
         self.bias = None if linear.bias is None else linear.bias.detach()
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """(out, in), a view: code that reads a linear layer's weight (e.g. a LoRA A/B pair) keeps working."""
+        return self.weight_t.t()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)  # (N, in)
         y = x2 @ self.weight_t if self.bias is None else torch.addmm(self.bias, x2, self.weight_t)

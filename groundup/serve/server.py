@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..models.decoder import DecoderLM
+from ..nn.packed_linear import pack_for_inference
 from ..peft.api import delete_adapter
 from ..peft.config import PeftError
 from ..peft.prompt import PromptModel
@@ -37,7 +38,7 @@ class ServeJob:
     api_key: str | None = None  # default: $GROUNDUP_API_KEY; unset = no authentication
     host: str = "127.0.0.1"
     port: int = 8000
-    dtype: str = "fp32"
+    dtype: str = "bf16"  # bf16: half the weight bytes per decode step, and oneDNN-packed on CPU
     engine: EngineConfig = field(default_factory=EngineConfig)
     max_body_bytes: int = 1 << 20
 
@@ -242,8 +243,15 @@ def build_engine(job: ServeJob) -> tuple[Engine, ServedModels]:
     clash = set(adapters) & {name, job.embedding_model}
     if clash:
         raise ValueError(f"--adapter name {sorted(clash)[0]!r} is also a model's name; rename the adapter")
-    engine = Engine(model, tok, job.engine, encoder=encoder)
+    engine = Engine(for_serving(model), tok, job.engine, encoder=encoder)
     return engine, ServedModels(name, swaps, prompts, job.embedding_model, cascades)
+
+
+def for_serving(model: nn.Module) -> nn.Module:
+    """The decode-time weight layout (nn/packed_linear.py): a batch of 16 one-token rows is GEMV-like, and packed
+    bf16 weights run it about twice as fast as plain fp32 ones. Adapters attach first: their base layers pack too."""
+    pack_for_inference(model)
+    return model
 
 
 def serve(job: ServeJob) -> None:
