@@ -280,6 +280,7 @@ def main() -> None:
     p.add_argument("--no-llama-cpp", action="store_true")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--mem-steps", type=int, default=None)
+    p.add_argument("--float-only", action="store_true", help="only the perplexity of a model trained here in fp32")
     p.add_argument("--child", choices=["lora", "qlora"], help=argparse_suppress())
     p.add_argument("--out-json", help=argparse_suppress())
     args = p.parse_args()
@@ -289,6 +290,11 @@ def main() -> None:
         Path(args.out_json).write_text(json.dumps(memory_child(args.child, args)))
         return
     common.setup(args.threads)
+    if args.float_only:
+        title = "Perplexity of a model trained here in fp32 (the last 10% of shakespeare.txt, char-level)"
+        table = common.show(title, ["model", "perplexity", "ratio vs bf16", "change"], float_model_table(args))
+        print("wrote", common.write_results(common.result_name("quant-float", args.tag), {title: table}, {}))
+        return
     from groundup.loading import load_pretrained
 
     base, tok = load_pretrained(MODEL, torch.bfloat16)
