@@ -157,16 +157,17 @@ def prepare_model(model: nn.Module, method: str, opts: PeftOptions, tokenizer: T
     return inject(model, cfg, tokenizer=tokenizer)
 
 
-def attach_adapter(model: nn.Module, path: str | Path) -> nn.Module:
+def attach_adapter(model: nn.Module, path: str | Path, name: str | None = None) -> nn.Module:
     """Load a saved adapter onto its base model, groundup format (adapter.safetensors) or Hugging Face PEFT
-    layout (adapter_model.safetensors); returns the model to use (prompt / prefix adapters wrap the base)."""
+    layout (adapter_model.safetensors), under `name` (default: the saved name, or peft's "default"); returns
+    the model to use (prompt / prefix adapters wrap the base)."""
     path = Path(path)
     if (path / "adapter.safetensors").is_file():
-        return load_adapter(model, path)
+        return load_adapter(model, path, name)
     if (path / "adapter_model.safetensors").is_file():
         from .interop.peft_format import load_peft
 
-        return load_peft(model, path)
+        return load_peft(model, path, name or "default")
     raise FileNotFoundError(f"adapter {str(path)!r}: no adapter.safetensors (groundup) or adapter_model.safetensors "
                             "(Hugging Face PEFT) there; pass the adapter/ folder a fine-tuning run wrote")
 

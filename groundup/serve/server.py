@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..finetune import attach_adapter, merge_for_inference
 from ..models.decoder import DecoderLM
 from ..nn.packed_linear import pack_for_inference
 from ..peft.api import delete_adapter
@@ -67,16 +68,6 @@ def adapter_method(path: Path) -> str:
     return {"prompt_tuning": "prompt", "prefix_tuning": "prefix"}.get(method, method)
 
 
-def _attach(model: nn.Module, path: Path, name: str) -> nn.Module:
-    from ..peft.saving import load_adapter
-
-    if (path / "adapter.safetensors").is_file():
-        return load_adapter(model, path, name)
-    from ..interop.peft_format import load_peft
-
-    return load_peft(model, path, name)
-
-
 def attach_adapters(model: nn.Module, specs: dict[str, Path]) -> tuple[nn.Module, dict[str, str], dict]:
     """(model with the swap adapters, {name: method}, {name: soft prompt tensor}). Soft prompts are read out and
     kept as tensors, so they can share a batch with LoRA rows (one PEFT method per model otherwise)."""
@@ -87,7 +78,7 @@ def attach_adapters(model: nn.Module, specs: dict[str, Path]) -> tuple[nn.Module
             raise ValueError(f"--adapter {name}: prefix-tuning adapters cannot share a batch with other requests; "
                              "serve a LoRA or soft-prompt adapter, or merge it into a checkpoint first")
         if methods[name] == "prompt":
-            wrapped = _attach(model, path, name)
+            wrapped = attach_adapter(model, path, name)
             if not isinstance(wrapped, PromptModel):
                 raise PeftError(f"--adapter {name}: expected a soft prompt, got {type(wrapped).__name__}")
             prompts[name] = wrapped.prompts[name].weight.detach().clone()
@@ -95,7 +86,7 @@ def attach_adapters(model: nn.Module, specs: dict[str, Path]) -> tuple[nn.Module
     swaps = {}
     for name, path in specs.items():
         if methods[name] not in ("prompt", "prefix"):
-            model = _attach(model, path, name)
+            model = attach_adapter(model, path, name)
             swaps[name] = methods[name]
     return model, swaps, prompts
 
@@ -184,7 +175,6 @@ def read_cascade_spec(path: Path) -> dict:
 
 def load_cascade(spec: dict, job: ServeJob) -> Cascade:
     """Load every member (its own copy of the weights: the engine thread owns the served model) into a Cascade."""
-    from ..finetune import attach_adapter, merge_for_inference
     from ..generate import GenerationConfig
     from ..loading import load_pretrained
 
