@@ -275,16 +275,11 @@ def write_docs(results, args, command: str, seconds: float) -> tuple[Path, Path]
         f"(B, H, T, T) score matrix and stop above --max-scores-mib {args.max_scores_mib:,.0f}; any backend stops "
         f"after a length that took more than --time-limit {args.time_limit:.0f} s.", "",
         common.table(HEADERS, rows(results, args)), "",
-        "![time and peak memory vs sequence length](attention_backends.png)", "",
-        "## What this shows, and where it disagrees with the claim", ""]
-    if args.quick:
-        lines += ["Not checked: a smoke run cannot test the claim.", ""]
-    else:
-        says, disagree = claims(results, args)
-        lines += [f"- {s}" for s in says] + [""]
-        lines += ["The claim (Dao et al. 2022): fused, tiled attention never materialises the T x T matrix, so its "
-                  "memory grows linearly in T and it runs faster by moving fewer bytes. Where our numbers disagree: "
-                  + ("; ".join(disagree) + "." if disagree else "nowhere."), ""]
+        "![time and peak memory vs sequence length](attention_backends.png)", ""]
+    lines += common.claims_section(
+        args.quick, lambda: claims(results, args),
+        "The claim (Dao et al. 2022): fused, tiled attention never materialises the T x T matrix, so its memory grows "
+        "linearly in T and it runs faster by moving fewer bytes. Where our numbers disagree: ")
     md = DOCS / "attention_backends.md"
     md.write_text("\n".join(lines))
     return md, png

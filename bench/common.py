@@ -177,3 +177,15 @@ def setup(threads: int, seed: int = 0) -> None:
         print(f"WARNING: load average {load:.1f} on {os.cpu_count()} cores: other work shares the CPU. Multi-thread "
               "kernels then stall at every barrier (x10 slower, not a fair number); prefer --threads 1 or a quiet "
               "machine.", flush=True)
+
+
+def claims_section(quick: bool, checked: Callable[[], tuple[list[str], list[str]]], disagree_intro: str,
+                   agree: str = "nowhere.") -> list[str]:
+    """A docs page's closing section: each claim's verdict (checked() -> (says, disagree)), then where our
+    numbers disagree; a smoke run checks nothing."""
+    lines = ["## What this shows, and where it disagrees with the claim", ""]
+    if quick:
+        return lines + ["Not checked: a smoke run cannot test the claim.", ""]
+    says, disagree = checked()
+    return lines + [f"- {s}" for s in says] + ["", disagree_intro + ("; ".join(disagree) + "." if disagree else agree),
+                                               ""]

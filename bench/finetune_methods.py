@@ -74,8 +74,13 @@ def reset_peak() -> bool:
 
 def window_peak_mb() -> float | None:
     """Peak resident memory since reset_peak() (VmHWM), None off Linux."""
+    return status_mb("VmHWM")
+
+
+def status_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status (VmRSS, VmHWM, ...) in MB, None off Linux."""
     try:
-        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field + ":"))
     except (OSError, StopIteration):
         return None
     return int(line.split()[1]) / 1024

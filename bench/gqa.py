@@ -210,18 +210,12 @@ def write_docs(tables: dict[str, Any], cache, speed_rows, quality, args, command
         f"{args.new} / median wall time of {args.repeat} interleaved repeats.", ""]
     for title, t in tables.items():
         lines += [f"### {title}", "", common.table(t["headers"], t["rows"]), ""]
-    lines += ["![KV bytes, decode speed, val loss](gqa.png)", "",
-              "## What this shows, and where it disagrees with the claim", ""]
-    if args.quick:
-        lines += ["Not checked: a smoke run cannot test the claim.", ""]
-    else:
-        says, disagree = claims(speed_rows, quality)
-        lines += [f"- {s}" for s in says] + [""]
-        lines += ["Where our numbers disagree with the course: " + ("; ".join(disagree) + "." if disagree else
-                  "nowhere."), ""]
-        if args.seeds < 2:
-            lines += ["One training seed: a val-loss gap smaller than the seed-to-seed spread (run `--seeds 2` to "
-                      "see it) is not evidence either way.", ""]
+    lines += ["![KV bytes, decode speed, val loss](gqa.png)", ""]
+    lines += common.claims_section(args.quick, lambda: claims(speed_rows, quality),
+                                   "Where our numbers disagree with the course: ")
+    if not args.quick and args.seeds < 2:
+        lines += ["One training seed: a val-loss gap smaller than the seed-to-seed spread (run `--seeds 2` to "
+                  "see it) is not evidence either way.", ""]
     md = DOCS / "gqa.md"
     md.write_text("\n".join(lines))
     return md, png

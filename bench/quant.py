@@ -208,7 +208,7 @@ def profile_int4(model: torch.nn.Module, ids: list[int], new: int, tok_s: float)
 
 # --- QLoRA memory: one child process per setting ---------------------------------------------------------------
 def memory_child(kind: str, args) -> dict:
-    from finetune_methods import reset_peak, window_peak_mb
+    from finetune_methods import reset_peak, status_mb, window_peak_mb
 
     from groundup.loading import load_pretrained
     from groundup.peft import LoraConfig, inject, trainable_parameters
@@ -225,7 +225,7 @@ def memory_child(kind: str, args) -> dict:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except OSError:
         pass
-    loaded_mb = current_rss_mb()
+    loaded_mb = status_mb("VmRSS")
     window = reset_peak()
     opt = torch.optim.AdamW(trainable_parameters(model).values(), lr=1e-4)
     t0 = time.perf_counter()
@@ -244,11 +244,6 @@ def memory_child(kind: str, args) -> dict:
     return {"kind": kind, "work_peak_mb": peak, "training_mb": weight_mb + peak - loaded_mb if peak else None,
             "weight_mb": weight_mb, "loss": loss.item(),
             "s_per_step": (time.perf_counter() - t0) / args.mem_steps}
-
-
-def current_rss_mb() -> float:
-    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmRSS:"))
-    return int(line.split()[1]) / 1024
 
 
 # glibc serves big blocks from a heap whose freed memory stays resident (the mmap threshold grows after frees); a
