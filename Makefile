@@ -23,10 +23,10 @@ test: install
 	$(PY) -m pytest -q
 
 bench: install
-	# llama.cpp is an anchor only: built from source (~4 min), never needed by groundup or its tests.
-	# A native build (-march=native) died with "Illegal instruction" on these VMs: name the ISA instead.
-	CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON \
-	  -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON" $(PIP) -q llama-cpp-python==0.3.36
+	# llama.cpp is an anchor only: built from source (~4 min), never needed by groundup or its tests,
+	# for the ISA extensions this CPU lists (bench/llama_cpp_flags.py: -march=native failed on VMs)
+	CMAKE_ARGS="$$(python3 bench/llama_cpp_flags.py)" $(PIP) -q llama-cpp-python==0.3.36
+	$(PY) bench/dtype_auto.py
 	$(PY) bench/train_throughput.py
 	$(PY) bench/decode.py
 	$(PY) bench/smollm2.py

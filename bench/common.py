@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from groundup import runtime
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -65,6 +67,8 @@ def machine_info() -> dict[str, Any]:
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "cpu_flags": cpu_flags(),
+        "isa_class": runtime.machine().describe(),  # what torch dispatches to (see the caps below)
+        "dispatch_caps": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if k in os.environ},
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -29,14 +29,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
 
+from groundup import runtime  # noqa: E402
+
 MODEL = "smollm2-135m-instruct"
+FLOAT = runtime.resolve_dtype("auto", "cpu", "infer")  # the float anchor and what stays float: as `groundup` runs
+ANCHOR = f"groundup {FLOAT}"
 PROMPT = 32
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TEXT = Path(__file__).resolve().parents[1] / "groundup/assets/shakespeare.txt"
 
 
 def groundup_variants(base: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """bf16 anchor and each format, all packed for inference the way generate uses them (quantize first, then
+    """The float anchor and each format, all packed for inference the way generate uses them (quantize first, then
     pack_for_inference packs what stayed in float: the tied head)."""
     from groundup.nn.packed_linear import pack_for_inference
     from groundup.quant import quantize, tensor_bytes
@@ -44,7 +48,7 @@ def groundup_variants(base: torch.nn.Module) -> dict[str, torch.nn.Module]:
     out = {}
     for name, fmt, head in VARIANTS:
         model = copy.deepcopy(base)
-        if fmt != "bf16":
+        if fmt != FLOAT:
             quantize(model, fmt, head=head)
         BYTES[name] = tensor_bytes(model)  # before packing: PackedLinear's copies are not registered
         pack_for_inference(model)
@@ -53,7 +57,7 @@ def groundup_variants(base: torch.nn.Module) -> dict[str, torch.nn.Module]:
 
 
 # (row, format, head format): the int8 head is llama.cpp's choice for this file (token_embd is Q8_0 in it)
-VARIANTS = [("groundup bf16", "bf16", None), ("groundup int8", "int8", None), ("groundup int4", "int4", None),
+VARIANTS = [(ANCHOR, FLOAT, None), ("groundup int8", "int8", None), ("groundup int4", "int4", None),
             ("groundup nf4", "nf4", None), ("groundup int8 + int8 head", "int8", "int8"),
             ("groundup int4 + int8 head", "int4", "int8")]
 
@@ -125,7 +129,7 @@ def decode_table(models: dict[str, torch.nn.Module], notes: dict[str, str], ids:
     fns = {name: (lambda m=m: generate(m, [ids], cfg)) for name, m in models.items()}
     wall, _ = common.interleaved(fns, warmup=1, repeat=1 if args.quick else 3)
     tps = {name: args.new / common.median(w) for name, w in wall.items()}
-    anchor = tps["groundup bf16"]
+    anchor = tps[ANCHOR]
     rows = [[name, tps[name], tps[name] / anchor, weight_bytes(name, models[name]) / 2**20, ""] for name in models]
     rows += [[name, "-", "-", "-", why] for name, why in notes.items()]
     return rows, tps
@@ -150,7 +154,7 @@ def perplexity_table(models: dict[str, torch.nn.Module], tok, args) -> list:
 
     text = TEXT.read_text()[-(4000 if args.quick else 40000):]  # the end of the corpus: the held-out split
     ppl = {n: text_perplexity(m, tok, text, None)["ppl"] for n, m in models.items()}
-    base = ppl["groundup bf16"]
+    base = ppl[ANCHOR]
     return [[n, p, p / base, f"{100 * (p / base - 1):+.2f}%"] for n, p in ppl.items()]
 
 
@@ -292,20 +296,20 @@ def main() -> None:
         return
     from groundup.loading import load_pretrained
 
-    base, tok = load_pretrained(MODEL, torch.bfloat16)
+    base, tok = load_pretrained(MODEL, runtime.DTYPES[FLOAT])
     ids = tok.encode(TEXT.read_text()[:2000])[:PROMPT]
     models = groundup_variants(base)
     foreign, notes = foreign_variants(base)
     tables = {}
     rows, tps = decode_table({**models, **foreign}, notes, ids, args)
     if not args.no_llama_cpp:
-        rows.append(llama_cpp_row(ids, args, tps["groundup bf16"]))
+        rows.append(llama_cpp_row(ids, args, tps[ANCHOR]))
     title = (f"SmolLM2-135M greedy decode, batch 1, {PROMPT}-token prompt, {args.new} new tokens (prefill included "
-             "for torch rows); ratio vs groundup bf16 in the same run; targets int8 >= 1.5x, int4 >= 2.0x")
-    headers = ["engine", "tok/s", "ratio vs groundup bf16", "weights+buffers MiB", "note"]
+             f"for torch rows); ratio vs {ANCHOR} in the same run; targets int8 >= 1.5x, int4 >= 2.0x")
+    headers = ["engine", "tok/s", f"ratio vs {ANCHOR}", "weights+buffers MiB", "note"]
     tables[title] = common.show(title, headers, rows)
     title = "Perplexity on the last part of shakespeare.txt (targets: int8 within 1%, int4 / nf4 within 8%)"
-    tables[title] = common.show(title, ["model", "perplexity", "ratio vs bf16", "change"],
+    tables[title] = common.show(title, ["model", "perplexity", f"ratio vs {FLOAT}", "change"],
                                 perplexity_table({**models, **foreign}, tok, args))
     title = "Perplexity of a model trained here in fp32 (the last 10% of shakespeare.txt, char-level)"
     tables[title] = common.show(title, ["model", "perplexity", "ratio vs bf16", "change"], float_model_table(args))

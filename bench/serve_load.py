@@ -41,7 +41,7 @@ from groundup.peft import LoraConfig, inject, set_adapter, trainable_parameters 
 from groundup.serve.app import create_app  # noqa: E402
 from groundup.serve.engine import Engine, EngineConfig  # noqa: E402
 from groundup.serve.registry import ServedModels  # noqa: E402
-from groundup.serve.server import for_serving  # noqa: E402
+from groundup.serve.server import ServeJob, for_serving, served_dtype  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 ADAPTERS = ("math", "poetry", "law", "code")
@@ -179,7 +179,7 @@ def main() -> None:
     args = p.parse_args()
     common.setup(args.threads)
     n, new = (CLIENTS, 24) if args.quick else (4 * CLIENTS, 128)
-    model, tok = load_pretrained(MODEL, torch.bfloat16)  # as `groundup serve` (and transformers serve's auto dtype)
+    model, tok = load_pretrained(MODEL, served_dtype(ServeJob()))  # as `groundup serve` runs by default (auto)
     bodies = workload(n, new)
     runs = groundup_runs(for_serving(with_adapters(copy.deepcopy(model))), tok, bodies, args.quick)
     headers = ["run", "tokens", "tokens/s", "x anchor", "TTFT p50 ms", "TTFT p99 ms", "ITL p50 ms", "ITL p99 ms"]

@@ -25,6 +25,7 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
+from . import runtime
 from .data.arithmetic import exact_match
 from .data.instruct import DEFAULT_SEPARATOR, FORMATS, InstructData, load_instructions
 from .generate import GenerationConfig, context_room, generate_text
@@ -93,7 +94,7 @@ class FinetuneJob:
     out_dir: str = "runs/finetune"  # every output goes here (train.out_dir follows it)
     eval_data: str = ""  # JSONL whose exact-match accuracy is reported after training ("" = none)
     eval_max_new_tokens: int = 32
-    quantize: str = ""  # "" (float base) | int8 | int4 | nf4: a frozen quantized base (QLoRA: nf4 + lora), bf16 rest
+    quantize: str = ""  # "" (float base) | int8 | int4 | nf4: a frozen quantized base (QLoRA: nf4 + lora)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -286,8 +287,9 @@ def finetune(job: FinetuneJob) -> FinetuneResult:
     examples, report = load_instructions(job.data.path, job.data.fmt, job.data.skip_bad, job.data.separator)
     _say(report.summary())
     _record_job(job, cfg)
-    model, tok = load_pretrained(job.model, torch.bfloat16 if job.quantize else torch.float32)
-    if job.quantize:  # QLoRA (Dettmers et al. 2023): the adapters train in bf16 autocast over a frozen 4-bit base
+    rest = runtime.best_dtype(cfg.resolved_device(), "infer") if job.quantize else "fp32"  # what stays float
+    model, tok = load_pretrained(job.model, runtime.DTYPES[rest])
+    if job.quantize:  # QLoRA (Dettmers et al. 2023): the adapters train over a frozen 4-bit base
         _say(f"quantized the base: {quantize(model, job.quantize).summary()}")
     if tok is None or tok.eos_id is None:
         raise ValueError(f"model {job.model!r} has no tokenizer with an eos token; fine-tuning needs one to end "

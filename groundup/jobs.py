@@ -11,6 +11,7 @@ from typing import Literal
 import torch
 import yaml
 
+from . import runtime
 from .chat import Chat
 from .classify import ClassifyJob, classify
 from .data import CleanConfig, augment_records, clean_jsonl, make_arithmetic_splits, read_text_corpus, write_jsonl
@@ -30,7 +31,12 @@ from .quant.formats import check_format
 from .quickstart import QuickstartJob, quickstart
 from .serve.server import ServeJob, serve
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+def load_for_inference(model: str, dtype: str) -> tuple[torch.nn.Module, object]:
+    """load_pretrained in --dtype (auto: the fastest here), saying on stderr what auto chose."""
+    name = runtime.resolve_dtype(dtype, "cpu", "infer", "--dtype")
+    print(runtime.dtype_note(dtype, name), file=sys.stderr, flush=True)
+    return load_pretrained(model, runtime.DTYPES[name])
 
 
 @dataclass
@@ -43,13 +49,13 @@ class GenerateJob:
     top_p: float | None = None
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
-    dtype: str = "fp32"
+    dtype: str = "auto"  # auto (fastest here: bf16 with native bf16, else fp32) | bf16 | fp32
     adapter: str | None = None  # an adapter folder (groundup or HF PEFT layout) trained on --model
 
 
 def generate_cli(job: GenerateJob) -> None:
     """Generate text from a prompt, streamed to stdout as it is produced."""
-    model, tok = load_pretrained(job.model, DTYPES[job.dtype])
+    model, tok = load_for_inference(job.model, job.dtype)
     if job.adapter:
         model = merge_for_inference(attach_adapter(model, job.adapter))
     if not any(isinstance(m, SWAP_LAYERS) for m in model.modules()):  # adapter layers read their weights directly
@@ -70,14 +76,14 @@ class EvalJob:
     model: str = "runs/quickstart/ckpt"
     data: str = ""  # a UTF-8 text file
     stride: int | None = None  # sliding-window step (default: the model's context, no overlap)
-    dtype: str = "fp32"
+    dtype: str = "auto"  # auto | bf16 | fp32
 
 
 def eval_cli(job: EvalJob) -> dict[str, float]:
     """Perplexity (and nats / bits per character) of a model on a text file."""
     if not job.data:
         raise ValueError("--data is missing; give a text file, e.g. --data=held_out.txt")
-    model, tok = load_pretrained(job.model, DTYPES[job.dtype])
+    model, tok = load_for_inference(job.model, job.dtype)
     result = text_perplexity(model, tok, read_text_corpus(Path(job.data)), job.stride)
     print(
         f"{job.data}: {result['tokens']} tokens, loss {result['nll']:.4f} nats/token, perplexity {result['ppl']:.3f}, "
@@ -95,12 +101,12 @@ class ChatJob:
     temperature: float = 0.0
     top_p: float | None = None
     seed: int | None = None
-    dtype: str = "fp32"
+    dtype: str = "auto"  # auto | bf16 | fp32
 
 
 def chat_cli(job: ChatJob) -> None:
     """Chat with an instruct model: its chat template, streamed replies, history kept within the context."""
-    model, tok = load_pretrained(job.model, DTYPES[job.dtype])
+    model, tok = load_for_inference(job.model, job.dtype)
     pack_for_inference(model)
     chat = Chat(model, tok, system=job.system)
     cfg = GenerationConfig(max_new_tokens=job.max_new_tokens, temperature=job.temperature, top_p=job.top_p,
@@ -147,7 +153,7 @@ class QuantizeJob:
     out: str = ""  # the checkpoint directory to write (load_pretrained / generate --model read it back)
     group_size: int = 32  # int4: weights per scale and zero (32, 64 or 128)
     head: str | None = "int8"  # the output projection's format (an int8 copy decodes faster); null keeps it float
-    dtype: str = "bf16"  # what stays in floating point (embeddings, norms): bf16 | fp32
+    dtype: str = "auto"  # what stays in floating point (embeddings, norms): auto | bf16 | fp32
 
 
 def quantize_cli(job: QuantizeJob) -> QuantReport:
@@ -156,10 +162,8 @@ def quantize_cli(job: QuantizeJob) -> QuantReport:
 
     if not job.model or not job.out:
         raise ValueError("quantize needs --model (what to read) and --out (the directory to write)")
-    if job.dtype not in DTYPES:
-        raise ValueError(f"dtype={job.dtype!r} is unknown; use one of {list(DTYPES)}")
     check_format(job.to)
-    model, tok = load_pretrained(job.model, DTYPES[job.dtype])
+    model, tok = load_for_inference(job.model, job.dtype)
     report = quantize(model, job.to, job.group_size, head=job.head)
     written = save_checkpoint(job.out, model, tokenizer=tok)
     print(f"{report.summary()}\nwrote {written}")

@@ -15,7 +15,7 @@ from .train import TrainConfig, TrainResult
 class QuickstartJob:
     out_dir: str = "runs/quickstart"
     max_steps: int = 1700  # fits the wall-clock of nanoGPT's 2000-iteration CPU recipe (bench/quickstart_vs_nanogpt.py)
-    dtype: str = "fp32"  # at this size fp32 steps are faster than bf16 autocast on CPU (casts dominate)
+    dtype: str = "auto"  # auto: fp32 on CPUs (at this size bf16 autocast's casts outweigh even AMX), bf16 on GPUs
     seed: int = 1337
     samples: int = 2
     sample_tokens: int = 300

@@ -3,16 +3,23 @@
 Decoding multiplies a few rows by every weight matrix, so its speed is how fast the weights stream from
 memory. Stock F.linear on CPU falls short of that in two cases, measured on this project's machines:
   * bf16: the (out, in) weight is re-laid out on every call; a batch-1 product reads ~6 GB/s against
-    ~13 GB/s in fp32. oneDNN can pack the weight once into its blocked layout (PackedLinear).
+    ~13 GB/s in fp32. oneDNN can pack the weight once into its blocked layout (PackedLinear), on CPUs with
+    native bf16 (runtime.fast_path("onednn_bf16_pack")); elsewhere bf16 stays stock nn.Linear.
   * fp32 with 2-16 rows (batched decoding): F.linear is ~2x slower than x @ W^T with W^T stored
     contiguously (TransposedLinear); at 1 row and at prompt lengths the two are equal.
 """
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from groundup import runtime
+
+log = logging.getLogger(__name__)
 
 
 class PackedLinear(nn.Module):
@@ -56,24 +63,36 @@ class TransposedLinear(nn.Module):
         return y.view(*x.shape[:-1], self.out_features)  # (..., out)
 
 
+def fast_layout(dtype: torch.dtype) -> type[nn.Module] | None:
+    """The decode layout for weights of `dtype` on this machine, or None (stock nn.Linear is the best there)."""
+    if dtype == torch.float32:
+        return TransposedLinear
+    if dtype == torch.bfloat16 and runtime.fast_path("onednn_bf16_pack"):
+        return PackedLinear
+    return None
+
+
 @torch.no_grad()
 def pack_for_inference(model: nn.Module) -> int:
-    """Swap every nn.Linear of a CPU model for the layout its dtype decodes fastest with, in place;
-    returns how many were swapped (0 off the CPU). The model is then for inference only: reload it
-    to train or save. bf16 layers keep their weight beside the packed copy, so packing doubles a bf16
-    model's weight memory; fp32 layers keep only the transposed copy."""
+    """Swap every nn.Linear of a CPU model for the layout its dtype decodes fastest with here, in place;
+    returns how many were swapped (0 off the CPU, or where no layout beats nn.Linear). The model is then for
+    inference only: reload it to train or save. bf16 layers keep their weight beside the packed copy, so packing
+    doubles a bf16 model's weight memory; fp32 layers keep only the transposed copy. If packing fails anyway
+    (a kernel this machine lacks), the layers stay as they are, with one log line."""
     weight = next(model.parameters())
-    if weight.device.type != "cpu":
-        return 0
-    fast = PackedLinear if weight.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available() else None
-    fast = fast or (TransposedLinear if weight.dtype == torch.float32 else None)
+    fast = fast_layout(weight.dtype) if weight.device.type == "cpu" else None
     if fast is None:
         return 0
     swapped = 0
+    model.eval()
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if type(child) is nn.Linear:
-                setattr(module, name, fast(child))
+                try:
+                    setattr(module, name, fast(child))
+                except RuntimeError as err:
+                    log.warning("groundup: %s failed on %s (%s); keeping plain linear layers",
+                                fast.__name__, runtime.machine().describe(), str(err).splitlines()[0])
+                    return swapped
                 swapped += 1
-    model.eval()
     return swapped

@@ -1,7 +1,7 @@
 """QuantLinear: a frozen linear layer whose weight is stored int8 / int4 / NF4 (formats.py), as buffers.
 
     x ─┬─ CPU, int8 / int4: fused weight-only kernel (torch._weight_int8pack_mm / _weight_int4pack_mm_for_cpu),
-       │     activations in bf16 (the kernels' fast path; fp32 activations take a scalar loop ~20x slower)
+       │     activations in bf16 (runtime.quant_activation_dtype: fp32 ones take a scalar loop, 6-70x slower)
        └─ elsewhere (GPU, NF4, use_kernel=False): dequantize to the compute dtype, then F.linear  (the reference)
     ─> + bias ─> y
 
@@ -23,9 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import runtime
 from . import formats
 
-KERNEL_DTYPE = torch.bfloat16
+KERNEL_DTYPE = runtime.quant_activation_dtype()
+DECODE_DTYPES = (torch.bfloat16, torch.float32)  # model dtypes whose decode takes the lean path (_decode)
 
 
 @functools.cache
@@ -33,7 +35,7 @@ def int4_kernel_block() -> int | None:
     """Rows per block of the CPU int4 kernel's weight layout on this machine (64 with AVX-512, 32 with AVX2),
     found by comparing our packing with the kernel's own packer; None when no layout matches (no fast path)."""
     convert = getattr(torch.ops.aten, "_convert_weight_to_int4pack_for_cpu", None)
-    if convert is None or not hasattr(torch, "_weight_int4pack_mm_for_cpu"):
+    if convert is None or not runtime.fast_path("int4_kernel"):
         return None
     codes = torch.randint(0, 16, (128, 64), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
     try:
@@ -118,7 +120,7 @@ class QuantLinear(nn.Module):
     # --- the kernel's view of the buffers -------------------------------------------------------------------
     def kernel(self) -> str | None:
         """Which fused CPU kernel this layer can use where it lives now (None: reference path)."""
-        if self.fmt == "int8" and self.kernel_scale is not None and hasattr(torch, "_weight_int8pack_mm"):
+        if self.fmt == "int8" and self.kernel_scale is not None and runtime.fast_path("int8_kernel"):
             return "int8"
         if self.fmt == "int4" and self.layout_block is not None:
             return "int4"
@@ -187,16 +189,17 @@ class QuantLinear(nn.Module):
         return y.to(dtype).view(*x.shape[:-1], self.out_features)  # (..., out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._kernel is not None and self.use_kernel and x.dtype == KERNEL_DTYPE and not x.requires_grad \
+        if self._kernel is not None and self.use_kernel and x.dtype in DECODE_DTYPES and not x.requires_grad \
                 and not torch.is_autocast_enabled("cpu"):
             return self._decode(x)
         y = _DequantMatmul.apply(x, self) if torch.is_grad_enabled() and x.requires_grad else self.matmul(x)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def _decode(self, x: torch.Tensor) -> torch.Tensor:
-        """matmul + bias for bf16 CPU inputs, with the per-call checks and module attribute lookups taken out: at
-        batch 1 this layer runs ~200 times per token, and those lookups cost a third of a small product."""
-        y = self._fused_mm(x.reshape(-1, self.in_features)).view(*x.shape[:-1], self.out_features)
+        """matmul + bias for bf16 / fp32 CPU inputs, with the per-call checks and module attribute lookups taken out:
+        at batch 1 this layer runs ~200 times per token, and those lookups cost a third of a small product."""
+        x2 = x.reshape(-1, self.in_features).to(KERNEL_DTYPE)  # (M, in); a no-op for bf16 models
+        y = self._fused_mm(x2).to(x.dtype).view(*x.shape[:-1], self.out_features)
         bias = self._parameters.get("bias")
         return y if bias is None else y + bias.to(y.dtype)
 

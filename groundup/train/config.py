@@ -13,9 +13,10 @@ from typing import Any, Literal, get_args
 
 import torch
 
+from groundup import runtime
 from groundup.config import from_checked_dict
 
-Dtype = Literal["bf16", "fp32", "fp16"]
+Dtype = Literal["auto", "bf16", "fp32", "fp16"]
 Device = Literal["auto", "cpu", "cuda"]
 
 
@@ -39,7 +40,7 @@ class TrainConfig:
     eval_every: int = 100  # steps between evals on 'val'; 0 disables eval
     eval_batches: int = 10  # batches averaged per eval
     ckpt_every: int = 500  # steps between checkpoints; 0 = only at the end
-    dtype: Dtype = "bf16"  # autocast dtype: bf16 (CPU + CUDA), fp16 (CUDA only, with GradScaler), fp32
+    dtype: Dtype = "auto"  # autocast: auto = fastest here (groundup.runtime), bf16, fp16 (CUDA, GradScaler), fp32
     device: Device = "auto"  # auto = cuda when available, else cpu
     seed: int = 1337
     log_every: int = 10  # steps between metric rows / progress-bar updates
@@ -61,7 +62,7 @@ class TrainConfig:
         if self.dtype == "fp16" and self.resolved_device() != "cuda":
             raise TrainConfigError(
                 "TrainConfig.dtype='fp16' needs a CUDA device (fp16 autocast with a GradScaler); "
-                "on CPU use dtype='bf16' or 'fp32'"
+                "on CPU use dtype='auto', 'bf16' or 'fp32'"
             )
 
     def _check_choices(self) -> None:
@@ -107,6 +108,11 @@ class TrainConfig:
         if self.device == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
         return self.device
+
+    def resolved_dtype(self, work: int | None = None) -> str:
+        """'bf16', 'fp16' or 'fp32': auto resolved for this machine's device (runtime.best_dtype; `work` is rows x
+        context x d_model^2 of one micro-step, which decides bf16 autocast on AMX CPUs)."""
+        return runtime.resolve_dtype(self.dtype, self.resolved_device(), "train", "TrainConfig.dtype", work)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from groundup import runtime
 from groundup.train import distributed as D
 from groundup.train.checkpoint import CheckpointError, load_checkpoint, pack_tensor, save_checkpoint, unpack_tensor
 from groundup.train.config import TrainConfig
@@ -75,7 +76,9 @@ class _Trainer:
         self.takes_counts = "counts" in inspect.signature(self.objective).parameters
         self.raw = model.to(self.device)
         self.optimizer = build_optimizer(self.raw, cfg)
-        self.scaler = torch.amp.GradScaler("cuda") if cfg.dtype == "fp16" else None
+        self.dtype = cfg.resolved_dtype(self._micro_step_work(model))
+        self._say(runtime.dtype_note(cfg.dtype, self.dtype, self.device.type))
+        self.scaler = torch.amp.GradScaler("cuda") if self.dtype == "fp16" else None
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.step, self.losses, self.val_losses, self.pending = 0, [], [], []
         self.out_dir = Path(cfg.out_dir)
@@ -85,6 +88,14 @@ class _Trainer:
         main = self.env.is_main
         self.csv = MetricsCSV(self.out_dir / CSV_NAME, resume_step=self.step) if main else None
         self.progress = Progress(cfg.max_steps, self.step, enabled=main and cfg.progress)
+
+    def _micro_step_work(self, model: nn.Module) -> int | None:
+        """rows x context x d_model^2 of one micro-step's linear layers (what decides bf16 autocast on AMX)."""
+        config = getattr(model, "config", None)
+        if not hasattr(config, "d_model") or not hasattr(config, "block_size"):
+            return None
+        rows = self.cfg.batch_size // (self.cfg.grad_accum * self.env.world_size)
+        return rows * config.block_size * config.d_model**2
 
     def _check_split(self) -> None:
         per = self.cfg.grad_accum * self.env.world_size
@@ -165,9 +176,9 @@ class _Trainer:
 
     # ---------------------------------------------------------------- one step
     def _autocast(self) -> AbstractContextManager:
-        if self.cfg.dtype == "fp32":
+        if self.dtype == "fp32":
             return nullcontext()
-        return torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.cfg.dtype])
+        return torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.dtype])
 
     def _draw(self, split: str, rows: int, gen: torch.Generator) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
         """A global batch from the data, its target counts (on device), and this rank's rows."""
