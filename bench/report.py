@@ -31,6 +31,9 @@ def section(name: str, result: dict) -> str:
         + (f", transformers {m['transformers']}" if "transformers" in m else "")
         + f"; 1-min load average at the end {m.get('load_avg_1min', '?')}",
     ]
+    if "isa_class" in m:  # what torch dispatched to, and the caps that made an AVX-512 machine stand in for another
+        caps = " ".join(f"{k}={v}" for k, v in m.get("dispatch_caps", {}).items())
+        lines.append(f"- ISA class: {m['isa_class']}" + (f" (simulated: {caps})" if caps else ""))
     for title, t in result["tables"].items():
         lines += ["", f"**{title}**", "", table(t["headers"], t["rows"])]
     return "\n".join(lines)

@@ -7,14 +7,15 @@ AVX2-only Zen 3, and oneDNN's bf16 weight packing refuses to run at all. So `dty
 everywhere) resolves here, and every fast path asks `fast_path(name)` before it is taken.
 
 `machine()` reads torch's own probes once. torch's dispatch level counts, not only the silicon: with
-`ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` an AVX-512 machine runs (and is treated) as an AVX2 one,
-which is how to try the AVX2 branch end to end. Tests simulate machines by replacing `machine()`'s answer
+`ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` an AVX-512 machine runs (and is treated) as an AVX2 one, and
+with `ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16` an AMX one as AVX512-BF16 without AMX: how to try each branch end to end. Tests simulate machines by replacing `machine()`'s answer
 (`simulate`).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,12 +51,20 @@ class Machine:
         return f"CPU {self.cpu_isa}{units}, {'native bf16' if self.cpu_bf16 else 'no native bf16'}"
 
 
+def _onednn_allows(unit: str) -> bool:
+    """Whether ONEDNN_MAX_CPU_ISA (oneDNN's own cap, e.g. AVX512_CORE_BF16) leaves `unit` ("amx" or "bf16") on."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").lower()
+    if cap in ("", "all", "default") or "amx" in cap:
+        return True
+    return unit == "bf16" and any(s in cap for s in ("bf16", "fp16", "avx10"))
+
+
 def probe() -> Machine:
     """Ask torch (cpuinfo underneath) what this process can use."""
     isa = torch.backends.cpu.get_cpu_capability()
     x86_512 = isa == "AVX512"  # below it torch's bf16 kernels are the emulated ones, whatever the silicon has
-    amx = x86_512 and torch.cpu._is_amx_tile_supported()
-    cpu_bf16 = x86_512 and (torch.cpu._is_avx512_bf16_supported() or amx)
+    amx = x86_512 and torch.cpu._is_amx_tile_supported() and _onednn_allows("amx")
+    cpu_bf16 = x86_512 and (torch.cpu._is_avx512_bf16_supported() or amx) and _onednn_allows("bf16")
     onednn = x86_512 and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     cuda = torch.cuda.is_available()
     return Machine(

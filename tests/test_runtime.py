@@ -49,8 +49,17 @@ def fake_torch(monkeypatch, isa: str, avx512_bf16: bool, amx: bool, mkldnn_bf16:
     (dict(isa="AVX2", avx512_bf16=False, amx=False, mkldnn_bf16=False, cuda="Tesla T4"), CUDA_TURING),
 ])
 def test_probe_reads_torch_as_each_machine_reports_itself(monkeypatch, probes, expected):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     fake_torch(monkeypatch, **probes)
     assert runtime.probe() == expected
+
+
+@pytest.mark.parametrize("cap, expected", [("AVX512_CORE_BF16", AVX512_BF16), ("AVX512_CORE_AMX", AMX),
+                                           ("AVX512_CORE", AVX512)])
+def test_onednn_cap_makes_an_amx_machine_run_as_a_lesser_one(monkeypatch, cap, expected):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    fake_torch(monkeypatch, isa="AVX512", avx512_bf16=True, amx=True, mkldnn_bf16=True)
+    assert runtime.probe().amx == expected.amx and runtime.probe().cpu_bf16 == expected.cpu_bf16
 
 
 # (machine, train on cpu, infer on cpu, infer on cuda): bf16 only where the hardware multiplies it
