@@ -22,6 +22,7 @@ from groundup.quant import QuantLinear
 from groundup.train import TrainConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+ONEDNN = runtime.probe().onednn_bf16  # this machine's real answer (the simulations below replace it)
 from llama_cpp_flags import cmake_args, cpu_flags  # noqa: E402
 
 
@@ -218,3 +219,24 @@ def test_llama_cpp_is_built_for_the_isa_the_cpu_lists():
     assert "AMX" not in spr  # ggml's AMX path needs tile state granted by the kernel: left off (see the script)
     assert cmake_args({"avx512f"}).count("=ON") == 0  # AVX-512 needs its whole base set, not avx512f alone
     assert cmake_args({"neon", "asimd"}, "aarch64") == "-DGGML_NATIVE=ON"
+
+
+# --- the server's defaults ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("machine, dtype", [(AVX2, torch.float32), (AMX, torch.bfloat16)])
+def test_serve_defaults_to_the_fastest_dtype_here_and_says_so(tmp_path, capsys, machine, dtype):
+    from serve_helpers import chat_tokenizer, tiny_decoder
+
+    from groundup.serve.server import ServeJob, build_engine
+    from groundup.train import save_checkpoint
+
+    tok = chat_tokenizer()
+    path = save_checkpoint(tmp_path / "model", tiny_decoder(tok.vocab_size), tokenizer=tok)
+    with runtime.simulate(machine):
+        engine, _ = build_engine(ServeJob(model=str(path)))
+    name = {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
+    assert f"dtype auto -> {name} ({machine.describe()})" in capsys.readouterr().out
+    up = engine.model.blocks[0].mlp.up_proj
+    assert up.weight.dtype == dtype
+    # bf16 packs only where oneDNN really runs it; where it does not, the server starts with plain layers
+    packed = {torch.float32: TransposedLinear, torch.bfloat16: PackedLinear if ONEDNN else torch.nn.Linear}[dtype]
+    assert type(up) is packed
