@@ -8,8 +8,8 @@ everywhere) resolves here, and every fast path asks `fast_path(name)` before it 
 
 `machine()` reads torch's own probes once. torch's dispatch level counts, not only the silicon: with
 `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` an AVX-512 machine runs (and is treated) as an AVX2 one, and
-with `ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16` an AMX one as AVX512-BF16 without AMX: how to try each branch end to end. Tests simulate machines by replacing `machine()`'s answer
-(`simulate`).
+with `ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16` an AMX one as AVX512-BF16 without AMX: how to try each branch end to
+end. Tests simulate machines by replacing `machine()`'s answer (`simulate`).
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ def probe() -> Machine:
     x86_512 = isa == "AVX512"  # below it torch's bf16 kernels are the emulated ones, whatever the silicon has
     amx = x86_512 and torch.cpu._is_amx_tile_supported() and _onednn_allows("amx")
     cpu_bf16 = x86_512 and (torch.cpu._is_avx512_bf16_supported() or amx) and _onednn_allows("bf16")
+    # (AVX2 CPUs with AVX-NE-CONVERT also pack bf16, but auto runs them in fp32, so they are not asked)
     onednn = x86_512 and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     cuda = torch.cuda.is_available()
     return Machine(
@@ -153,7 +154,8 @@ def fast_path(name: FastPath) -> bool:
 
     onednn_bf16_pack: oneDNN's packed bf16 weights (nn/packed_linear.py), which need AVX512-BF16/AMX or
     AVX-NE-CONVERT. int8_kernel / int4_kernel: PyTorch's fused weight-only CPU kernels (quant/linear.py); they
-    vectorize at the AVX2 and AVX512 dispatch levels and fall to a scalar loop below them."""
+    have AVX2 and AVX512 code paths, and elsewhere (ARM, older x86) a generic loop not measured here, so there
+    the dequantize + F.linear reference path is taken."""
     m = machine()
     if name == "onednn_bf16_pack":
         return m.onednn_bf16
@@ -165,7 +167,7 @@ def fast_path(name: FastPath) -> bool:
 
 
 def quant_activation_dtype() -> torch.dtype:
-    """The activation dtype of the CPU int8 / int4 kernels: bf16 on every machine. Their bf16 entry points are
-    vectorized (bf16 converted to fp32 in registers) at both the AVX2 and the AVX512 dispatch level, their fp32
-    ones a scalar loop: bf16 activations ran 6-70x faster on both (bench/dtype_auto.py, BENCHMARKS.md)."""
+    """The activation dtype of the CPU int8 / int4 kernels: bf16 on every machine. Their bf16 entry points are the
+    vectorized ones at both the AVX2 and the AVX512 dispatch level: bf16 activations ran 6-70x faster than fp32
+    on both (bench/dtype_auto.py, BENCHMARKS.md), so an fp32 model casts in and out around them."""
     return torch.bfloat16
