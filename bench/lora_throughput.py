@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
 from finetune_methods import peak_rss_mb, reset_peak, window_peak_mb  # noqa: E402
 
+from groundup import runtime  # noqa: E402
 from groundup.generate import GenerationConfig, generate  # noqa: E402
 from groundup.nn.packed_linear import pack_for_inference  # noqa: E402
 from groundup.peft import LoraConfig, delete_adapter, inject, merge_and_unload, trainable_parameters  # noqa: E402
@@ -251,7 +252,8 @@ def decode_rows(base: nn.Module, args, raw: dict) -> list[list[Any]]:
 
 def main() -> None:
     p = common.parser(__doc__.splitlines()[0])
-    p.add_argument("--dtype", choices=list(DTYPES), default="bf16", help="training autocast dtype")
+    p.add_argument("--dtype", choices=list(DTYPES), default=runtime.best_dtype("cpu", "train"),
+                   help="training autocast dtype, both sides (default: what dtype=auto trains SmolLM2 in here)")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--measure", choices=MEASURES, help=argparse.SUPPRESS)  # the memory child process
     args = p.parse_args()
