@@ -11,11 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
 from .config import ConfigError, preset
 from .data import MLMData, Seq2SeqData, prepare_lm_data, read_text_corpus, reversal_pairs, shakespeare_path
 from .models import build_model
 from .tokenizer import Tokenizer, char_tokenizer, load_tokenizer, train_bpe, train_wordpiece
-from .train import TrainConfig, TrainResult, train
+from .train import TrainConfig, TrainResult, check_out_dir, train
 
 OBJECTIVE = {"decoder": "causal_lm", "encoder": "mlm_nsp", "seq2seq": "seq2seq"}
 SEQ2SEQ_SPECIALS = ("<pad>", "<bos>", "<eos>")
@@ -93,9 +95,22 @@ def model_config(job: PretrainJob, vocab_size: int):
     return preset(name, **overrides)
 
 
+def check_job(job: PretrainJob) -> None:
+    """What can be refused before anything is written to train.out_dir (build_data writes the token stream)."""
+    check_out_dir(job.train, "--train.resume=true", "--train.out_dir")
+    if job.train.eval_every and not job.data.val_fraction:
+        raise ConfigError(f"--data.val_fraction=0 leaves no validation text, but --train.eval_every="
+                          f"{job.train.eval_every} evaluates on it; set --train.eval_every=0 or a val_fraction > 0")
+
+
 def pretrain(job: PretrainJob) -> TrainResult:
     """Pretrain a model from scratch on a corpus (decoder, encoder or encoder-decoder)."""
     shape = model_config(job, vocab_size=1)  # arch and context, before the tokenizer fixes the vocabulary
+    check_job(job)
     data, tok = build_data(job, shape.arch, shape.block_size)
+    torch.manual_seed(job.train.seed)  # the initial weights are part of the run: the same seed, the same start
     model = build_model(model_config(job, tok.vocab_size))
-    return train(model, OBJECTIVE[shape.arch], data, job.train, tokenizer=tok)
+    result = train(model, OBJECTIVE[shape.arch], data, job.train, tokenizer=tok)
+    if result.metrics_csv is not None:  # rank 0
+        print("\n" + result.summary("nats/char" if job.data.tokenizer == "char" else "nats/token"), flush=True)
+    return result

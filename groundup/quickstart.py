@@ -35,14 +35,10 @@ def quickstart_job(job: QuickstartJob) -> PretrainJob:
 
 def quickstart(job: QuickstartJob) -> TrainResult:
     """Train a small GPT on Shakespeare (a few minutes on 2 CPU cores) and print samples."""
-    result = pretrain(quickstart_job(job))
+    result = pretrain(quickstart_job(job))  # prints the validation loss and where the files are
     model, tok = load_pretrained(result.checkpoint)
     cfg = GenerationConfig(max_new_tokens=job.sample_tokens, temperature=0.8, top_k=50, seed=job.seed)
     for i, text in enumerate(generate_text(model, tok, ["\n"] * job.samples, cfg)):
         print(f"\n--- sample {i + 1} ---\n{text.strip()}")
-    print(f"\nvalidation loss: {result.val_loss:.4f} nats/char")
-    print(f"checkpoint:      {result.checkpoint}")
-    print(f"metrics CSV:     {result.metrics_csv}")
-    print(f"loss curve:      {result.loss_png}")
-    print(f"next: groundup generate --model {result.checkpoint} --prompt 'ROMEO:'")
+    print(f"\nnext: groundup generate --model {result.checkpoint} --prompt 'ROMEO:'")
     return result

@@ -31,15 +31,28 @@ def prepare_lm_data(text: str, tokenizer: Tokenizer, out_dir: str | os.PathLike,
     dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32  # half the disk for <= 65536
     ids = np.asarray(tokenizer.encode(text), dtype=dtype)  # (N,)
     n_val = int(len(ids) * val_fraction)
+    arrays = {"train": ids[: len(ids) - n_val], "val": ids[len(ids) - n_val:]}
+    _check_lengths(arrays, block_size)  # before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    arrays = {"train": ids[: len(ids) - n_val], "val": ids[len(ids) - n_val:]}
     for split, arr in arrays.items():
         _atomic_write(out / f"{split}.bin", arr.tobytes())
     meta = {"dtype": np.dtype(dtype).name, "vocab_size": tokenizer.vocab_size,
             **{f"{split}_tokens": len(arr) for split, arr in arrays.items()}}
     _atomic_write(out / "meta.json", json.dumps(meta, indent=2).encode())
     return LMData(out, block_size)
+
+
+def _check_lengths(arrays: Mapping[str, np.ndarray], block_size: int) -> None:
+    """Every non-empty split must hold one window (block_size inputs + one shifted label); an empty val split
+    (val_fraction=0) is allowed."""
+    for split, arr in arrays.items():
+        if (split == "train" or len(arr)) and len(arr) < block_size + 1:
+            raise ValueError(
+                f"the text gives the {split!r} split {len(arr)} tokens but block_size={block_size} needs at least "
+                f"{block_size + 1} (inputs plus one shifted label); use a smaller block_size or more text"
+                + (", or another val_fraction" if split == "val" else "")
+            )
 
 
 class LMData:

@@ -7,7 +7,8 @@
 from groundup.train import objectives
 from groundup.train.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from groundup.train.config import TrainConfig, TrainConfigError
-from groundup.train.loop import TrainResult, train
+from groundup.train.interrupt import TrainingInterrupted
+from groundup.train.loop import TrainResult, check_out_dir, train
 from groundup.train.metrics import plot_loss_curve, read_metrics
 from groundup.train.objectives import OBJECTIVES, causal_lm, get_objective, mlm_nsp, seq2seq
 from groundup.train.optim import build_optimizer, lr_at, param_groups
@@ -19,8 +20,10 @@ __all__ = [
     "TrainConfig",
     "TrainConfigError",
     "TrainResult",
+    "TrainingInterrupted",
     "build_optimizer",
     "causal_lm",
+    "check_out_dir",
     "get_objective",
     "load_checkpoint",
     "lr_at",

@@ -5,7 +5,8 @@ Per optimizer step:
     global batch (shared-seed generator) ─► count targets ─► this rank's rows ─► grad_accum micro-steps
         micro-step: autocast forward ─► loss share ─► backward (DDP all-reduce only on the last one)
     ─► unscale (fp16) ─► clip grad norm ─► lr_at(step) ─► AdamW step ─► zero grads
-    every log_every: metrics row / progress bar;  every eval_every: val loss;  every ckpt_every: checkpoint
+    every log_every: metrics row / progress bar (or a printed line);  every eval_every: val loss;
+    every ckpt_every: checkpoint;  after Ctrl-C: checkpoint, then TrainingInterrupted (interrupt.py)
 
 Exact resume: batches come only from a dedicated torch.Generator seeded from cfg.seed; its state,
 torch's global RNG state of every rank (dropout), the step and the loss history are saved in the
@@ -31,6 +32,7 @@ from groundup import runtime
 from groundup.train import distributed as D
 from groundup.train.checkpoint import CheckpointError, load_checkpoint, pack_tensor, save_checkpoint, unpack_tensor
 from groundup.train.config import TrainConfig
+from groundup.train.interrupt import DeferredInterrupt, TrainingInterrupted
 from groundup.train.metrics import MetricsCSV, Progress, perplexity, plot_loss_curve
 from groundup.train.objectives import Objective, count_targets, get_objective, token_count
 from groundup.train.optim import build_optimizer, lr_at, set_lr
@@ -56,6 +58,28 @@ class TrainResult:
     metrics_csv: Path | None  # rank 0 only
     loss_png: Path | None  # rank 0 only
     losses: list[float] = field(default_factory=list)  # global train loss of every step, from step 1
+
+    def summary(self, unit: str = "nats/token") -> str:
+        """The lines a CLI run ends with: its last validation loss and where it wrote its files."""
+        val = f"{self.val_loss:.4f} {unit}" if self.val_loss is not None else "not evaluated (--train.eval_every=0)"
+        return "\n".join((f"validation loss: {val}", f"checkpoint:      {self.checkpoint}",
+                          f"metrics CSV:     {self.metrics_csv}", f"loss curve:      {self.loss_png}"))
+
+
+def _has_checkpoint(ckpt_dir: Path) -> bool:
+    old = ckpt_dir.parent / f".{ckpt_dir.name}.old"  # a swap interrupted mid-save; load_checkpoint restores it
+    return ckpt_dir.exists() or old.is_dir()
+
+
+def check_out_dir(
+    cfg: TrainConfig, resume: str = "TrainConfig.resume=True", out_dir: str = "TrainConfig.out_dir"
+) -> None:
+    """Refuse to start a new run over one that left a checkpoint in cfg.out_dir (unless resuming). Jobs call it
+    before they write anything there, naming their own options (`resume`, `out_dir`: e.g. CLI flags)."""
+    ckpt = Path(cfg.out_dir) / CKPT_NAME
+    if _has_checkpoint(ckpt) and not cfg.resume:
+        raise FileExistsError(f"{ckpt} already holds a checkpoint; set {resume} to continue it, or choose another "
+                              f"{out_dir}")
 
 
 class _Trainer:
@@ -87,7 +111,8 @@ class _Trainer:
         self.model = D.wrap(self.raw, self.env, self.device, cfg.find_unused_parameters)
         main = self.env.is_main
         self.csv = MetricsCSV(self.out_dir / CSV_NAME, resume_step=self.step) if main else None
-        self.progress = Progress(cfg.max_steps, self.step, enabled=main and cfg.progress)
+        self.row_start = self.csv.last_step if self.csv is not None else self.step  # the next row's mean starts here
+        self.progress = Progress(cfg.max_steps, self.step, enabled=main and cfg.progress, lines=main)
 
     def _micro_step_work(self, model: nn.Module) -> int | None:
         """rows x context x d_model^2 of one micro-step's linear layers (what decides bf16 autocast on AMX)."""
@@ -111,14 +136,8 @@ class _Trainer:
 
     # ---------------------------------------------------------------- start / resume / checkpoint
     def _start_or_resume(self) -> None:
-        old = self.ckpt_dir.parent / f".{CKPT_NAME}.old"  # a swap interrupted mid-save; load_checkpoint restores it
-        exists = self.ckpt_dir.exists() or old.is_dir()
-        if exists and not self.cfg.resume:
-            raise FileExistsError(
-                f"{self.ckpt_dir} already holds a checkpoint; set TrainConfig.resume=True to continue it, "
-                "or choose another TrainConfig.out_dir"
-            )
-        if not exists:
+        check_out_dir(self.cfg)
+        if not _has_checkpoint(self.ckpt_dir):
             if self.cfg.resume:
                 self._say(f"no checkpoint at {self.ckpt_dir} yet: starting a new run")
             torch.manual_seed(self.cfg.seed + self.env.rank)  # dropout differs per rank, reproducibly
@@ -269,28 +288,53 @@ class _Trainer:
         cfg = self.cfg
         self.raw.train()
         tokens, t0 = 0, time.perf_counter()
-        while self.step < cfg.max_steps:
-            tokens += self._train_step()
-            self.progress.update()
-            s, last = self.step, self.step == cfg.max_steps
-            do_eval = cfg.eval_every > 0 and (s % cfg.eval_every == 0 or last)
-            do_ckpt = (cfg.ckpt_every > 0 and s % cfg.ckpt_every == 0) or last
-            if not (s % cfg.log_every == 0 or do_eval or do_ckpt):
-                continue
-            new = self._flush_losses()
-            row = {"step": s, "lr": lr_at(s - 1, cfg), "loss": sum(new) / len(new)}
-            row["tokens_per_s"] = tokens / max(time.perf_counter() - t0, 1e-9)
-            if do_eval:
-                val = self.evaluate()
-                self.val_losses.append((s, val))
-                row.update(val_loss=val, val_ppl=perplexity(val))
-            if self.csv is not None:
-                self.csv.write(row)
-            self.progress.show(loss=row["loss"], tok_s=row["tokens_per_s"], val=row.get("val_loss"))
-            if do_ckpt:
-                self._save()
-            tokens, t0 = 0, time.perf_counter()
+        with DeferredInterrupt() as interrupt:
+            while self.step < cfg.max_steps:
+                tokens += self._train_step()
+                self.progress.update()
+                s, last = self.step, self.step == cfg.max_steps
+                do_eval = cfg.eval_every > 0 and (s % cfg.eval_every == 0 or last)
+                do_ckpt = (cfg.ckpt_every > 0 and s % cfg.ckpt_every == 0) or last
+                logged = s % cfg.log_every == 0 or do_eval or do_ckpt
+                if logged:
+                    self._log_row(tokens / max(time.perf_counter() - t0, 1e-9), do_eval)
+                    if do_ckpt:
+                        self._save()
+                    tokens, t0 = 0, time.perf_counter()
+                if not last and self._stop_requested(interrupt, logged):
+                    self._stop(saved=do_ckpt)
         return self._result()
+
+    def _log_row(self, tokens_per_s: float, do_eval: bool) -> None:
+        """A metrics row: the mean train loss since the previous row, lr, tokens/s, and val loss when evaluated."""
+        s = self.step
+        self._flush_losses()
+        since = self.losses[self.row_start:]
+        row = {"step": s, "lr": lr_at(s - 1, self.cfg), "loss": sum(since) / len(since), "tokens_per_s": tokens_per_s}
+        self.row_start = s
+        if do_eval:
+            val = self.evaluate()
+            self.val_losses.append((s, val))
+            row.update(val_loss=val, val_ppl=perplexity(val))
+        if self.csv is not None:
+            self.csv.write(row)
+        self.progress.show(row)
+
+    def _stop_requested(self, interrupt: DeferredInterrupt, logged: bool) -> bool:
+        """Whether Ctrl-C was pressed. Ranks agree at logged steps (one all-reduce), so all stop after one step."""
+        if not self.env.enabled:
+            return interrupt.pressed
+        if not logged:
+            return False
+        votes = torch.tensor(float(interrupt.pressed), device=self.device)
+        return D.all_reduce_sum(votes, self.env).item() > 0
+
+    def _stop(self, saved: bool) -> None:
+        """After Ctrl-C: this step's checkpoint (unless just saved), then TrainingInterrupted naming it."""
+        self._flush_losses()
+        if not saved:
+            self._save()
+        raise TrainingInterrupted(self.step, self.cfg.max_steps, self.ckpt_dir)
 
     def _result(self) -> TrainResult:
         self._flush_losses()
@@ -331,6 +375,8 @@ def train(
     `data.get_batch(split, batch_size, generator)` must draw all its randomness from `generator`.
     Files (rank 0 only) go to cfg.out_dir: ckpt/ (see checkpoint.py), metrics.csv, loss.png.
     Run under `torchrun --nproc_per_node=N` for data parallelism; results match one process.
+    Ctrl-C finishes the step, saves ckpt/ and raises TrainingInterrupted (a KeyboardInterrupt): resume=True
+    continues from there exactly.
     """
     trainer = _Trainer(model, objective, data, cfg, tokenizer)
     clean = False

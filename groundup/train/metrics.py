@@ -27,7 +27,8 @@ def _cell(value: Any) -> str:
 
 class MetricsCSV:
     """Appends metric rows to a CSV file. On resume, rows past the resumed step are dropped first,
-    so a crashed run's tail does not duplicate the steps the resumed run redoes."""
+    so a crashed run's tail does not duplicate the steps the resumed run redoes. `last_step` is the step
+    of the last row kept (the resumed step when there is no file), where the next row's mean loss starts."""
 
     def __init__(self, path: str | Path, resume_step: int | None = None) -> None:
         self.path = Path(path)
@@ -40,6 +41,7 @@ class MetricsCSV:
             writer.writerow(CSV_FIELDS)
             for row in kept:
                 writer.writerow([_cell(_int_step(row.get(k)) if k == "step" else row.get(k)) for k in CSV_FIELDS])
+        self.last_step = int(kept[-1]["step"]) if kept else (resume_step or 0)
 
     def write(self, row: dict[str, Any]) -> None:
         unknown = sorted(set(row) - set(CSV_FIELDS))
@@ -71,10 +73,11 @@ def perplexity(loss: float) -> float:
 
 
 class Progress:
-    """A tqdm bar showing loss and tokens/s; a no-op when disabled (non-zero ranks, progress=False)."""
+    """A tqdm bar showing loss and tokens/s; with the bar off (progress=False), one printed line per metrics row
+    when `lines`; a no-op when both are off (non-zero ranks)."""
 
-    def __init__(self, total: int, initial: int, enabled: bool) -> None:
-        self.bar = None
+    def __init__(self, total: int, initial: int, enabled: bool, lines: bool = False) -> None:
+        self.bar, self.total, self.lines = None, total, lines and not enabled
         if enabled:
             from tqdm.auto import tqdm
 
@@ -84,14 +87,28 @@ class Progress:
         if self.bar is not None:
             self.bar.update(n)
 
-    def show(self, **values: float | None) -> None:
+    def show(self, row: dict[str, Any]) -> None:
+        """Show a metrics row: in the bar's postfix, or as one line."""
         if self.bar is not None:
+            values = {"loss": row["loss"], "tok_s": row.get("tokens_per_s"), "val": row.get("val_loss")}
             shown = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in values.items() if v is not None}
             self.bar.set_postfix(shown, refresh=False)
+        elif self.lines:
+            print(f"[groundup.train] {log_line(row, self.total)}", flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def log_line(row: dict[str, Any], total: int) -> str:
+    """'step 10/200 | loss 2.3456 | lr 3.00e-04 | val_loss 2.2100 | 1.2e+04 tok/s' (val_loss when evaluated)."""
+    parts = [f"step {row['step']}/{total}", f"loss {row['loss']:.4f}", f"lr {row['lr']:.2e}"]
+    if row.get("val_loss") is not None:
+        parts.append(f"val_loss {row['val_loss']:.4f}")
+    if row.get("tokens_per_s") is not None:
+        parts.append(f"{row['tokens_per_s']:.3g} tok/s")
+    return " | ".join(parts)
 
 
 def plot_loss_curve(csv_path: str | Path, png_path: str | Path) -> Path:
