@@ -22,6 +22,7 @@ from pathlib import Path
 
 from torch import nn
 
+from .apps.by_arch import require_arch
 from .data.arithmetic import exact_match
 from .data.instruct import load_instructions
 from .finetune import greedy_completions
@@ -119,6 +120,7 @@ def fewshot(job: FewShotJob) -> FewShotResult:
         raise ValueError("fewshot needs --shots (JSONL to draw examples from) and --data (JSONL of test questions)")
     pool, tests = load_pairs(job.shots), load_pairs(job.data)[: job.limit]
     model, tok = load_pretrained(job.model)
+    require_arch(model, "fewshot")
     result = fewshot_exact_match(model, tok, pool, tests, job.k, job.template, job.seed, job.max_new_tokens)
     print(f"{job.k}-shot exact match on {len(tests)} questions of {job.data}: {result.accuracy:.3f}")
     return result

@@ -4,10 +4,13 @@ lengths (left-padded, so every row's next token sits in the same cache slot).
 
     prompts ─ left-pad ─> prefill (one forward over all prompt tokens, fills the cache)
                             └─> loop: sample ─> forward(one token per row, cache) ─> ...
+                                      └─> context full: RoPE / ALiBi slide the window (re-prefill the last
+                                          tokens); learned / sinusoidal positions stop (ContextLimitWarning)
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -24,10 +27,13 @@ class GenerationConfig:
     seed: int | None = None
     stop: Sequence[str] = ()  # stop strings (need a tokenizer: generate_text / stream_text)
     eos_id: int | None = None
+    num_beams: int = 1  # > 1: beam search (encoder-decoder models: groundup.generate_seq2seq)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={self.max_new_tokens} must be at least 1")
+        if not isinstance(self.num_beams, int) or self.num_beams < 1:
+            raise ValueError(f"num_beams={self.num_beams!r} must be a positive integer (1 = no beam search)")
         if self.temperature < 0:
             raise ValueError(f"temperature={self.temperature} must be >= 0 (0 = greedy)")
         if self.top_k is not None and self.top_k < 1:
@@ -71,7 +77,33 @@ def context_room(model: nn.Module) -> int:
     return model.config.block_size - virtual
 
 
+class ContextLimitWarning(UserWarning):
+    """Generation stopped at the model's context before max_new_tokens (absolute positions cannot slide)."""
+
+
+def slides_past_context(model: nn.Module) -> bool:
+    """Relative positions (RoPE, ALiBi) depend only on distances, so a window of the last tokens re-run from
+    position 0 is what the model computes on that text: generation can go on past the context. Learned and
+    sinusoidal positions have no position past block_size."""
+    return model.config.pos in ("rope", "alibi")
+
+
+def context_limit_message(model: nn.Module, generated: int, requested: int, prompt_len: int) -> str:
+    """Why generation stopped after `generated` of `requested` tokens, and what to do."""
+    cfg = model.config
+    virtual = cfg.block_size - context_room(model)
+    less = f", {virtual} of them taken by virtual tokens" if virtual else ""
+    return (f"stopped after {generated} of {requested} tokens: the model's context is {cfg.block_size} "
+            f"({cfg.pos} positions{less}) and the prompt takes {prompt_len}; only models with RoPE or ALiBi "
+            "positions slide past their context: shorten the prompt or ask for fewer tokens")
+
+
 def _check_prompts(model: nn.Module, prompts: list[list[int]]) -> int:
+    if model.config.arch != "decoder":
+        raise ValueError(
+            f"generation continues text with a decoder; this model is arch={model.config.arch!r} (an encoder-decoder "
+            "decodes with groundup.generate_seq2seq; an encoder does not generate)"
+        )
     block = context_room(model)
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token; got an empty prompt")
@@ -85,38 +117,63 @@ def _check_prompts(model: nn.Module, prompts: list[list[int]]) -> int:
     return longest
 
 
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """Left padding shifts each row's positions: a row's first real token is position 0. (B, T) -> (B, T)."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 @torch.inference_mode()
 def decode_steps(model: nn.Module, prompts: list[list[int]], cfg: GenerationConfig) -> Iterator[torch.Tensor]:
-    """Yield the next token of every row (B,) per step. Stops at max_new_tokens, at the end of the
-    context, or once every row has produced eos_id. Rows that finished keep yielding eos_id."""
+    """Yield the next token of every row (B,) per step, until max_new_tokens or once every row has produced
+    eos_id (rows that finished keep yielding eos_id). At the end of the context, a model with RoPE or ALiBi
+    positions slides its window: each further token is predicted from the last context_room tokens, re-run
+    into the cache from position 0 (exactly the model on that window, as nanoGPT crops its input). A model
+    with absolute positions stops there with a ContextLimitWarning."""
+    if cfg.num_beams > 1:
+        raise ValueError(f"num_beams={cfg.num_beams}: beam search is for encoder-decoder models here; a decoder "
+                         "samples or decodes greedily (num_beams=1, temperature=0 for greedy)")
     model.eval()
     width = _check_prompts(model, prompts)
     device = next(model.parameters()).device
-    steps = min(cfg.max_new_tokens, context_room(model) - width)
+    room = context_room(model)
+    slides = slides_past_context(model)
+    steps = cfg.max_new_tokens if slides else min(cfg.max_new_tokens, room - width)
     generator = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.seed is not None else None
     ids, mask = _left_pad(prompts, 0, device)
-    padded = bool((mask == 0).any())
-    cache = model.new_cache(len(prompts), width + steps)
-    # Padding shifts each row's positions: a row's first real token is position 0.
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0) if padded else None
-    full_mask = torch.cat([mask, mask.new_ones(len(prompts), steps)], dim=1) if padded else None
-    logits = model(ids, position_ids=position_ids, attention_mask=mask if padded else None, cache=cache, last_only=True)
+    B, padded = len(prompts), bool((mask == 0).any())
+    cache = model.new_cache(B, min(width + steps, room))
+    full_mask = torch.cat([mask, mask.new_ones(B, steps)], dim=1) if padded else None  # (B, width + steps)
+    seq = torch.cat([ids, ids.new_zeros(B, steps)], dim=1) if slides and width + steps > room else None
+    logits = model(ids, position_ids=_positions(mask) if padded else None, attention_mask=mask if padded else None,
+                   cache=cache, last_only=True)
     next_pos = mask.sum(-1, keepdim=True)  # (B, 1) position of each row's next token
-    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
     for step in range(steps):
         token = sample(logits[:, -1], cfg, generator)  # (B,)
         if cfg.eos_id is not None:
             token = token.masked_fill(done, cfg.eos_id)
             done |= token == cfg.eos_id
         yield token
-        if step == steps - 1 or (cfg.eos_id is not None and bool(done.all())):
+        finished = cfg.eos_id is not None and bool(done.all())
+        if finished or step == steps - 1:
+            if not finished and steps < cfg.max_new_tokens:
+                warnings.warn(context_limit_message(model, steps, cfg.max_new_tokens, width), ContextLimitWarning,
+                              stacklevel=2)
             return
         start = width + step
-        logits = model(
-            token[:, None], cache=cache, start=start, last_only=True,
-            position_ids=next_pos + step if padded else None,
-            attention_mask=full_mask[:, : start + 1] if padded else None,
-        )
+        if seq is not None:
+            seq[:, start] = token
+        if start < room:
+            logits = model(
+                token[:, None], cache=cache, start=start, last_only=True,
+                position_ids=next_pos + step if padded else None,
+                attention_mask=full_mask[:, : start + 1] if padded else None,
+            )
+        else:  # the cache is full: re-run the last `room` tokens (the new one included) from position 0
+            window = slice(start + 1 - room, start + 1)
+            win_mask = full_mask[:, window] if padded else None  # (B, room): left padding, if any, stays in front
+            logits = model(seq[:, window], position_ids=_positions(win_mask) if padded else None,
+                           attention_mask=win_mask, cache=cache, last_only=True)
 
 
 def generate(model: nn.Module, prompts: list[list[int]] | list[int], cfg: GenerationConfig) -> list[list[int]]:

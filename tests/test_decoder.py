@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from groundup.config import preset
-from groundup.generate import GenerationConfig, generate, sample
+from groundup.generate import ContextLimitWarning, GenerationConfig, generate, sample
 from groundup.models.decoder import DecoderLM
 
 VARIANTS = {
@@ -98,8 +98,9 @@ def test_generation_stops_at_eos_and_at_the_context_end():
     model = tiny("learned")
     first = generate(model, [1, 2], GenerationConfig(max_new_tokens=5, temperature=0))[0][0]
     assert generate(model, [1, 2], GenerationConfig(max_new_tokens=5, temperature=0, eos_id=first))[0] == [first]
-    # block_size 32: a 30-token prompt leaves room for 2 tokens only.
-    assert len(generate(model, list(range(30)), GenerationConfig(max_new_tokens=10, temperature=0))[0]) == 2
+    # block_size 32: a 30-token prompt leaves room for 2 tokens only, and learned positions cannot slide past it.
+    with pytest.warns(ContextLimitWarning, match="stopped after 2 of 10 tokens"):
+        assert len(generate(model, list(range(30)), GenerationConfig(max_new_tokens=10, temperature=0))[0]) == 2
 
 
 def test_prompt_longer_than_context_is_a_clear_error():

@@ -13,10 +13,13 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import torch
+
+from groundup.data.corpus import read_text_corpus
 
 IGNORE_INDEX = -100
 
@@ -132,3 +135,18 @@ def reversal_pairs(n: int, min_len: int, max_len: int, vocab: Sequence[str],
         seq = rng.choices(list(vocab), k=rng.randint(min_len, max_len))
         out.append((seq, seq[::-1]))
     return out
+
+
+def read_pairs(path: str | Path) -> list[tuple[str, str]]:
+    """The (source, target) pairs of a UTF-8 file of `source<TAB>target` lines (blank lines skipped); a line
+    without exactly one tab is an error naming its number."""
+    lines = read_text_corpus(path).splitlines()
+    pairs = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if line.count("\t") != 1:
+            raise ValueError(f"{path}:{number}: expected 'source<TAB>target' (one tab), got {line[:60]!r}")
+        src, tgt = line.split("\t")
+        pairs.append((src, tgt))
+    return pairs

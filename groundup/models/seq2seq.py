@@ -15,9 +15,11 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, ModelConfig
-from ..nn import Block, Embeddings, alibi_slopes, build_mask, build_norm, build_rotary
+from ..nn import Block, Embeddings, KVCache, alibi_slopes, build_mask, build_norm, build_rotary
 from .decoder import init_weights
 from .encoder import Encoder
+
+MemoryKV = list[tuple[torch.Tensor, torch.Tensor]]  # per decoder layer: cross-attention (k, v), each (B, Hkv, S, D)
 
 
 def memory_mask(src_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -39,14 +41,20 @@ class TargetDecoder(nn.Module):
         self.rotary = build_rotary(cfg)
         self.register_buffer("alibi", alibi_slopes(cfg.n_head) if cfg.pos == "alibi" else None, persistent=False)
 
-    def forward(self, tgt_in: torch.Tensor, memory: torch.Tensor, mem_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, tgt_in: torch.Tensor, memory: torch.Tensor | MemoryKV, mem_mask: torch.Tensor | None,
+        cache: KVCache | None = None, start: int = 0,
+    ) -> torch.Tensor:
+        """tgt_in at target positions start..start+T; memory (B, S, d), or its per-layer keys and values
+        (Seq2Seq.memory_kv) when decoding with a self-attention cache."""
         T = tgt_in.shape[1]
-        position_ids = torch.arange(T, device=tgt_in.device)[None]  # (1, T)
+        position_ids = torch.arange(start, start + T, device=tgt_in.device)[None]  # (1, T)
         x = self.embed(tgt_in, None, position_ids)  # (B, T, d)
-        mask, is_causal = build_mask(T, 0, True, None, self.alibi, x.device)
-        rope = self.rotary(position_ids, T) if self.rotary is not None else None
+        mask, is_causal = build_mask(T, start, True, None, self.alibi, x.device)
+        rope = self.rotary(position_ids, start + T) if self.rotary is not None else None
         for i, block in enumerate(self.blocks):
-            x = block(x, mask, is_causal, rope, None, i, 0, memory, mem_mask)
+            layer_memory = memory[i] if isinstance(memory, list) else memory
+            x = block(x, mask, is_causal, rope, cache, i, start, layer_memory, mem_mask)
         return self.norm(x)
 
 
@@ -80,6 +88,25 @@ class Seq2Seq(nn.Module):
     def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
         """tgt_in (B, T) (BOS + shifted target), memory (B, S, d) -> logits (B, T, V_tgt)."""
         return self.lm_head(self.decoder(tgt_in, memory, memory_mask(src_mask)))
+
+    def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
+        """The decoder's self-attention cache (the cross-attention keys come from memory_kv)."""
+        cfg, weight = self.config, self.decoder.embed.tok_emb.weight  # float even when linears are quantized
+        return KVCache(cfg.n_decoder_layer, batch_size, cfg.n_kv_head, max_len or cfg.block_size, cfg.head_dim,
+                       dtype or weight.dtype, weight.device)
+
+    def memory_kv(self, memory: torch.Tensor) -> MemoryKV:
+        """Every decoder layer's cross-attention keys and values of memory (B, S, d): a source's are fixed
+        while its target grows, so decoding computes them once instead of at every step."""
+        return [block.cross_attn.project_kv(memory) for block in self.decoder.blocks]
+
+    def decode_step(
+        self, tgt: torch.Tensor, memory_kv: MemoryKV, src_mask: torch.Tensor | None, cache: KVCache, start: int
+    ) -> torch.Tensor:
+        """Incremental decoding: target tokens tgt (B, T) at positions start..start+T, earlier ones in cache
+        -> logits of the last position (B, V_tgt). Equals decode() on the whole prefix."""
+        h = self.decoder(tgt, memory_kv, memory_mask(src_mask), cache, start)  # (B, T, d)
+        return self.lm_head(h[:, -1])
 
     def forward(
         self, src_ids: torch.Tensor, tgt_in: torch.Tensor, src_mask: torch.Tensor | None = None

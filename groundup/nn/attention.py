@@ -109,17 +109,23 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.d_model, kv_inner, bias=cfg.bias)
         self.o_proj = nn.Linear(inner, cfg.d_model, bias=cfg.bias)
 
+    def project_kv(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of source (B, S, d): each (B, Hkv, S, D), before RoPE."""
+        B, S, _ = source.shape
+        k = self.k_proj(source).view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, S, D)
+        v = self.v_proj(source).view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, S, D)
+        return k, v
+
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = False,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None, cache: KVCache | None = None,
-        layer: int = 0, start: int = 0, memory: torch.Tensor | None = None,
+        layer: int = 0, start: int = 0, memory: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        """memory: the encoder's output (B, S, d) for cross-attention, or its (k, v) from project_kv, which a
+        decoder computes once per source instead of once per generated token."""
         B, T, _ = x.shape
-        source = x if memory is None else memory
-        S = source.shape[1]
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_proj(source).view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, S, D)
-        v = self.v_proj(source).view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, S, D)
+        k, v = memory if isinstance(memory, tuple) else self.project_kv(x if memory is None else memory)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:

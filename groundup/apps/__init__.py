@@ -1,0 +1,1 @@
+"""The applications behind the CLI: each module composes the library for one job family."""
