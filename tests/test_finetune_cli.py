@@ -62,8 +62,10 @@ def run(tmp_path_factory, base) -> dict[str, Path]:
 
 def test_finetune_cli_writes_both_adapter_layouts_and_lowers_the_loss(run):
     out = run["run"]
-    assert {p.name for p in (out / "adapter").iterdir()} == {"adapter_config.json", "adapter.safetensors"}
-    assert {p.name for p in (out / "adapter_hf").iterdir()} == {"adapter_config.json", "adapter_model.safetensors"}
+    assert {p.name for p in (out / "adapter").iterdir()} == {"adapter_config.json", "adapter.safetensors",
+                                                             "prompt_format.json"}
+    assert {p.name for p in (out / "adapter_hf").iterdir()} == {"adapter_config.json", "adapter_model.safetensors",
+                                                                "prompt_format.json"}
     assert json.loads((out / "adapter_hf" / "adapter_config.json").read_text())["peft_type"] == "LORA"
     losses = [float(r["loss"]) for r in csv.DictReader((out / "metrics.csv").open())]
     assert len(losses) == 4 and losses[-1] < losses[0] - 0.1

@@ -9,6 +9,10 @@ each member's max_new_tokens and stop cuts the answer. Chat messages are rendere
 template. With stream: true the answer comes as one chunk, then [DONE]: nothing can stream before the cascade
 has decided which member answers.
 
+A text prompt to an adapter (or a model) that groundup fine-tuned is formatted as its training prompts were (the
+separator or template in its prompt_format.json), and chat messages to it are rendered that way, unless the server
+was started with --raw_prompt; a prompt of token ids is always used as sent.
+
     HTTP request ─ auth ─ read body (size cap) ─ parse + check (schema.py) ─ tokenize ─ engine.submit
         <─ asyncio.Queue <─ loop.call_soon_threadsafe <─ engine thread emits Events
 
@@ -35,7 +39,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from ..chat import ChatTemplateError, apply_chat_template
+from ..chat import CHAT_TEMPLATES, ChatTemplateError, apply_chat_template
 from ..generate import GenerationConfig
 from .engine import Engine, EngineClosedError, QueueFullError
 from .metrics import Metrics
@@ -44,8 +48,7 @@ from .requests import EmbeddingRequest, Event, GenerationRequest
 from .schema import GenerationBody, RequestError, error_body, parse_chat, parse_completion, parse_embedding
 
 # For models that ship no chat template (e.g. the quickstart's character model).
-PLAIN_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-                  "{% if add_generation_prompt %}assistant:{% endif %}")
+PLAIN_TEMPLATE = CHAT_TEMPLATES["plain"]
 END_OF_TURN = "<|im_end|>"  # ChatML's, as groundup.Chat stops on it
 ROUTES = ("/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/embeddings")
 
@@ -130,7 +133,9 @@ def create_app(engine: Engine, models: ServedModels, cfg: AppConfig | None = Non
         prompt = body.prompt
         if body.model in models.cascades:
             return await ctx.cascade(request, body, raw, prompt, "text_completion", "prompt")
-        ids = list(prompt) if isinstance(prompt, list) else ctx.encode(prompt, "prompt")
+        # a text prompt to a fine-tuned adapter gets the format it was trained with; token ids are used as sent
+        ids = list(prompt) if isinstance(prompt, list) else ctx.encode(
+            models.formatted(body.model, prompt, ctx.tokenizer), "prompt")
         return await ctx.generate(request, body, ids, "text_completion", "prompt", default_tokens=16)
 
     @app.post("/v1/chat/completions")
@@ -141,7 +146,8 @@ def create_app(engine: Engine, models: ServedModels, cfg: AppConfig | None = Non
         if served is None:
             ctx.encode("", "messages")  # refuses early on a server that only embeds
         tok = ctx.tokenizer if served is None else served.tokenizer
-        template = tok.chat_template or PLAIN_TEMPLATE
+        template = (models.chat_template(body.model) if served is None else None) or tok.chat_template \
+            or PLAIN_TEMPLATE
         try:
             text = apply_chat_template(template, body.messages, True, _special(tok, tok.bos_id),
                                        _special(tok, tok.eos_id))

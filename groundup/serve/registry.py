@@ -9,7 +9,9 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from ..data.prompt_format import PromptFormat
 from ..generate import _cut_at_stop, context_room
+from ..tokenizer import Tokenizer
 from .cascade import Cascade
 from .schema import RequestError
 
@@ -76,6 +78,17 @@ class ServedModels:
     soft_prompts: dict[str, torch.Tensor] = field(default_factory=dict)
     embedding: str | None = None  # the encoder's name
     cascades: dict[str, ServedCascade] = field(default_factory=dict)
+    prompt_formats: dict[str, PromptFormat] = field(default_factory=dict)  # name -> how its fine-tuning prompted
+
+    def formatted(self, name: str, prompt: str, tokenizer: Tokenizer) -> str:
+        """A /v1/completions text prompt to `name` as its fine-tuning run formatted prompts (as given otherwise)."""
+        fmt = self.prompt_formats.get(name)
+        return fmt.apply(prompt, tokenizer) if fmt is not None else prompt
+
+    def chat_template(self, name: str) -> str | None:
+        """The chat template that renders messages to `name` as its fine-tuning did (None: the model's own)."""
+        fmt = self.prompt_formats.get(name)
+        return fmt.chat_template() if fmt is not None else None
 
     def names(self) -> list[str]:
         return [n for n in (self.base, *self.adapters, *self.soft_prompts, *self.cascades, self.embedding)

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from .. import runtime
+from ..apps.by_arch import require_arch
+from ..data.prompt_format import PromptFormat, inference_prompt_format
 from ..finetune import attach_adapter, merge_for_inference
 from ..models.decoder import DecoderLM
 from ..nn.packed_linear import pack_for_inference
@@ -42,6 +44,21 @@ class ServeJob:
     dtype: str = "auto"  # auto: bf16 (half the weight bytes, oneDNN-packed) with native bf16, else fp32
     engine: EngineConfig = field(default_factory=EngineConfig)
     max_body_bytes: int = 1 << 20
+    raw_prompt: bool = False  # use prompts as sent, not formatted as each adapter's fine-tuning formatted its prompts
+
+
+def prompt_formats(job: ServeJob, name: str, adapters: dict[str, Path]) -> dict[str, PromptFormat]:
+    """{served name: PromptFormat} for the adapters (and a fully fine-tuned --model) whose fine-tuning run recorded
+    how it formatted its prompts (prompt_format.json); empty with --raw_prompt."""
+    if job.raw_prompt:
+        return {}
+    found = {name: inference_prompt_format(job.model)} | {n: inference_prompt_format(job.model, p)
+                                                          for n, p in adapters.items()}
+    for n, fmt in found.items():
+        if fmt is not None:
+            print(f"prompts to {n!r} are formatted as in fine-tuning: {fmt.describe()} (--raw_prompt turns this off)",
+                  flush=True)
+    return {n: fmt for n, fmt in found.items() if fmt is not None}
 
 
 def parse_adapters(specs: list[str], flag: str = "adapter", example: str = "math=runs/finetune/adapter",
@@ -216,6 +233,7 @@ def build_engine(job: ServeJob) -> tuple[Engine, ServedModels]:
         raise ValueError(f"--cascade name {sorted(set(specs) & taken)[0]!r} is also a model's or adapter's name; "
                          "rename the cascade")
     model, tok = load_pretrained(job.model, served_dtype(job))
+    require_arch(model, "serve", ("decoder", "encoder"))
     encoder = load_pretrained(job.embedding_model) if job.embedding_model else None
     cascades = {n: ServedCascade(load_cascade(spec, job)) for n, spec in specs.items()}
     if not isinstance(model, DecoderLM):  # an encoder given as --model: serve embeddings only
@@ -233,7 +251,8 @@ def build_engine(job: ServeJob) -> tuple[Engine, ServedModels]:
     if clash:
         raise ValueError(f"--adapter name {sorted(clash)[0]!r} is also a model's name; rename the adapter")
     engine = Engine(for_serving(model), tok, job.engine, encoder=encoder)
-    return engine, ServedModels(name, swaps, prompts, job.embedding_model, cascades)
+    return engine, ServedModels(name, swaps, prompts, job.embedding_model, cascades,
+                                prompt_formats(job, name, adapters))
 
 
 def served_dtype(job: ServeJob) -> torch.dtype:
