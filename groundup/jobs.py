@@ -4,42 +4,30 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import torch
 import yaml
 
-from . import runtime
 from .apps.by_arch import eval_for_arch, generate_for_arch, require_arch
-from .chat import Chat, chat_template_from
+from .apps.chat import ChatJob, chat_cli
+from .apps.inference import announced_prompt_format, for_decoding, load_for_inference
 from .classify import ClassifyJob, classify
 from .data import CleanConfig, augment_records, clean_jsonl, make_arithmetic_splits, read_text_corpus, write_jsonl
 from .data.arithmetic import OPS, STYLES
 from .data.augment import METHODS as AUGMENT_METHODS
-from .data.prompt_format import PromptFormat, inference_prompt_format
 from .embed import embed_texts
 from .eval import text_perplexity
 from .fewshot import FewShotJob, fewshot
-from .finetune import FinetuneJob, MergeJob, attach_adapter, finetune, merge_adapter, merge_for_inference
+from .finetune import FinetuneJob, MergeJob, finetune, merge_adapter
 from .generate import GenerationConfig, stream_text
 from .loading import load_pretrained
-from .nn.packed_linear import pack_for_inference
-from .peft.api import SWAP_LAYERS
 from .pretrain import PretrainJob, pretrain
 from .quant import QuantReport, quantize
 from .quant.formats import check_format
 from .quickstart import QuickstartJob, quickstart
 from .serve.server import ServeJob, serve
-
-
-def load_for_inference(model: str, dtype: str) -> tuple[torch.nn.Module, object]:
-    """load_pretrained in --dtype (auto: the fastest here), saying on stderr what auto chose."""
-    name = runtime.resolve_dtype(dtype, "cpu", "infer", "--dtype")
-    print(runtime.dtype_note(dtype, name), file=sys.stderr, flush=True)
-    return load_pretrained(model, runtime.DTYPES[name])
 
 
 @dataclass
@@ -58,24 +46,11 @@ class GenerateJob:
     num_beams: int = 1  # encoder-decoder models: > 1 = beam search (deterministic; temperature etc. unused)
 
 
-def announced_prompt_format(model: str, adapter: str | None, raw_prompt: bool) -> PromptFormat | None:
-    """How the groundup fine-tuning run behind --adapter (or --model) formatted its prompts (its prompt_format.json),
-    said on stderr; None with --raw_prompt or for a model not fine-tuned here (prompts are used as given)."""
-    fmt = None if raw_prompt else inference_prompt_format(model, adapter)
-    if fmt is not None:
-        print(f"prompts formatted as in fine-tuning: {fmt.describe()} (prompt_format.json; --raw_prompt turns this "
-              "off)", file=sys.stderr, flush=True)
-    return fmt
-
-
 def generate_cli(job: GenerateJob) -> None:
     """Generate text from a prompt, streamed to stdout as it is produced."""
     model, tok = load_for_inference(job.model, job.dtype)
     require_arch(model, "generate", ("decoder", "seq2seq"))
-    if job.adapter:
-        model = merge_for_inference(attach_adapter(model, job.adapter))
-    if not any(isinstance(m, SWAP_LAYERS) for m in model.modules()):  # adapter layers read their weights directly
-        pack_for_inference(model)
+    model = for_decoding(model, job.adapter)
     cfg = GenerationConfig(
         max_new_tokens=job.max_new_tokens, temperature=job.temperature, top_k=job.top_k, top_p=job.top_p,
         seed=job.seed, stop=tuple(job.stop), num_beams=job.num_beams,
@@ -113,84 +88,6 @@ def eval_cli(job: EvalJob) -> dict[str, float]:
         f"{result['nats_per_char']:.4f} nats/char ({result['bits_per_char']:.4f} bits/char)"
     )
     return result
-
-
-@dataclass
-class ChatJob:
-    model: str = "smollm2-135m-instruct"  # a chat model: .gguf, HF dir, checkpoint, or packaged name
-    system: str | None = None
-    message: str | None = None  # answer one message and exit (otherwise read messages from stdin)
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float | None = None
-    seed: int | None = None
-    dtype: str = "auto"  # auto | bf16 | fp32
-    adapter: str | None = None  # an adapter folder (groundup or HF PEFT layout) trained on --model; nothing is written
-    template: str | None = None  # a chat template name (chatml, plain) or Jinja file; default: fine-tuned / model's
-    raw_prompt: bool = False  # the model's own template, not the prompt format a fine-tuning run recorded
-
-
-def for_decoding(model: torch.nn.Module, adapter: str | None) -> torch.nn.Module:
-    """The model with `adapter` attached and folded in where it can be (in memory), packed for decoding unless
-    adapter layers are left (they read their weights directly)."""
-    if adapter:
-        model = merge_for_inference(attach_adapter(model, adapter))
-    if not any(isinstance(m, SWAP_LAYERS) for m in model.modules()):
-        pack_for_inference(model)
-    return model
-
-
-def chat_cli(job: ChatJob) -> None:
-    """Chat with an instruct model: its chat template, streamed replies, history kept within the context."""
-    template = chat_template_from(job.template, "--template") if job.template else None  # refused before loading
-    model, tok = load_for_inference(job.model, job.dtype)
-    require_arch(model, "chat")
-    model = for_decoding(model, job.adapter)
-    fmt = None if template else announced_prompt_format(job.model, job.adapter, job.raw_prompt)
-    chat = Chat(model, tok, template=template or (fmt.chat_template() if fmt else None), system=job.system)
-    cfg = GenerationConfig(max_new_tokens=job.max_new_tokens, temperature=job.temperature, top_p=job.top_p,
-                           seed=job.seed)
-    interactive = job.message is None and sys.stdin.isatty()
-    if interactive:
-        print(f"chatting with {job.model} (Ctrl-C stops a reply; Ctrl-D, or Ctrl-C at the prompt, quits)")
-    try:
-        for message in _chat_messages(job.message, interactive):
-            if message.strip() and not _stream_reply(chat, message.strip(), cfg) and not interactive:
-                raise KeyboardInterrupt  # stdin or --message: a stopped reply ends the session (exit code 130)
-    except KeyboardInterrupt:
-        if not interactive:
-            raise
-        sys.stdout.write("\n")  # Ctrl-C at the prompt: leave as Ctrl-D does
-
-
-def _chat_messages(message: str | None, interactive: bool) -> Iterator[str]:
-    if message is not None:
-        yield message
-    elif not interactive:
-        yield from sys.stdin
-    else:
-        while True:
-            try:
-                yield input("> ")
-            except EOFError:
-                sys.stdout.write("\n")
-                return
-
-
-def _stream_reply(chat: Chat, message: str, cfg: GenerationConfig) -> bool:
-    """Stream one reply to stdout; False when Ctrl-C stopped it (what was shown stays in the history)."""
-    pieces = chat.reply(message, cfg)
-    try:
-        for piece in pieces:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        return True
-    except KeyboardInterrupt:
-        return False
-    finally:
-        pieces.close()
-        sys.stdout.write("\n")
-        sys.stdout.flush()
 
 
 @dataclass
