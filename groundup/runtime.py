@@ -76,6 +76,7 @@ def probe() -> Machine:
 
 
 _simulated: list[Machine] = []
+_warned: set[tuple[str, str]] = set()  # (device, field) pairs already warned about emulated bf16
 
 
 @functools.cache
@@ -120,7 +121,8 @@ def best_dtype(device: str, task: Task, work: int | None = None) -> str:
     return "bf16" if native_bf16(device) else "fp32"
 
 
-_warned: set[tuple[str, str]] = set()
+class EmulatedBf16Warning(UserWarning):
+    """bf16 was asked for where the hardware only emulates it: correct, but several times slower than fp32."""
 
 
 def resolve_dtype(requested: str, device: str, task: Task, field: str = "dtype", work: int | None = None) -> str:
@@ -133,7 +135,8 @@ def resolve_dtype(requested: str, device: str, task: Task, field: str = "dtype",
     if requested == "bf16" and not native_bf16(device) and (device, field) not in _warned:
         _warned.add((device, field))
         warnings.warn(f"{field}=bf16 on {machine().describe(device)}: bf16 is emulated here and runs several times "
-                      f"slower than fp32 (results stay correct); use {field}=auto or fp32 for speed", stacklevel=2)
+                      f"slower than fp32 (results stay correct); use {field}=auto or fp32 for speed",
+                      EmulatedBf16Warning, stacklevel=2)
     if requested == "fp16" and device == "cpu":
         raise ValueError(f"{field}=fp16 needs a GPU; on CPU use auto, bf16 or fp32")
     return requested

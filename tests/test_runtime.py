@@ -96,7 +96,7 @@ def test_the_choice_is_said_in_words_a_user_can_check():
 
 def test_explicit_bf16_without_native_bf16_runs_and_warns_once():
     with runtime.simulate(AVX2):
-        with pytest.warns(UserWarning, match=r"--dtype=bf16 on CPU AVX2, no native bf16: bf16 is emulated"):
+        with pytest.warns(runtime.EmulatedBf16Warning, match=r"--dtype=bf16 on CPU AVX2, no native bf16: bf16 is"):
             assert runtime.resolve_dtype("bf16", "cpu", "infer", "--dtype") == "bf16"
         with warnings.catch_warnings():
             warnings.simplefilter("error")
