@@ -239,3 +239,25 @@ def test_serve_defaults_to_the_fastest_dtype_here_and_says_so(tmp_path, capsys, 
     # bf16 packs only where oneDNN really runs it; where it does not, the server starts with plain layers
     packed = {torch.float32: TransposedLinear, torch.bfloat16: PackedLinear if ONEDNN else torch.nn.Linear}[dtype]
     assert type(up) is packed
+
+
+def test_an_int8_kernel_that_fails_here_leaves_the_reference_path_with_one_log_line(monkeypatch, caplog):
+    from groundup.quant import linear
+
+    def refuse(*args):
+        raise RuntimeError("_weight_int8pack_mm: not implemented for this CPU")
+
+    monkeypatch.setattr(torch, "_weight_int8pack_mm", refuse)
+    linear.int8_kernel_runs.cache_clear()
+    try:
+        torch.manual_seed(0)
+        with caplog.at_level(logging.WARNING, logger="groundup.quant.linear"):
+            layers = [QuantLinear.from_linear("int8", torch.randn(32, 64)) for _ in range(3)]
+        assert len(caplog.records) == 1 and "int8 kernel does not run here" in caplog.text
+        assert all(layer.kernel() is None for layer in layers)
+        x = torch.randn(2, 64)
+        with torch.no_grad():
+            assert torch.allclose(layers[0](x), x @ layers[0].dequantize().t(), atol=1e-5)
+    finally:
+        monkeypatch.undo()
+        linear.int8_kernel_runs.cache_clear()

@@ -18,6 +18,7 @@ state dict, so checkpoints load on any machine.
 from __future__ import annotations
 
 import functools
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,7 @@ from torch import nn
 from .. import runtime
 from . import formats
 
+log = logging.getLogger(__name__)
 KERNEL_DTYPE = runtime.quant_activation_dtype()
 DECODE_DTYPES = (torch.bfloat16, torch.float32)  # model dtypes whose decode takes the lean path (_decode)
 
@@ -40,12 +42,37 @@ def int4_kernel_block() -> int | None:
     codes = torch.randint(0, 16, (128, 64), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
     try:
         theirs = convert(codes, 2)
-    except RuntimeError:
+    except RuntimeError as err:
+        _no_kernel("int4", err)
         return None
     for block in (64, 32, 16):
         if torch.equal(to_kernel_layout(formats.pack_nibbles(codes), block), theirs):
             return block
+    _no_kernel("int4", "no known weight layout matches its packer")
     return None
+
+
+@functools.cache
+def int8_kernel_runs() -> bool:
+    """Whether the CPU int8 kernel runs here and computes x W^T: one small product against F.linear."""
+    if not runtime.fast_path("int8_kernel"):
+        return False
+    g = torch.Generator().manual_seed(0)
+    w, x = torch.randint(-127, 128, (16, 32), generator=g, dtype=torch.int8), torch.randn(2, 32, generator=g)
+    try:
+        y = torch._weight_int8pack_mm(x.to(KERNEL_DTYPE), w, torch.ones(16, dtype=KERNEL_DTYPE)).float()
+    except RuntimeError as err:
+        _no_kernel("int8", err)
+        return False
+    if torch.allclose(y, F.linear(x.to(KERNEL_DTYPE).float(), w.float()), rtol=2e-2, atol=0.5):
+        return True
+    _no_kernel("int8", "its results differ from F.linear")
+    return False
+
+
+def _no_kernel(fmt: str, why: object) -> None:
+    log.warning("groundup: the CPU %s kernel does not run here (%s); %s layers take the dequantize + F.linear path",
+                fmt, str(why).splitlines()[0], fmt)
 
 
 def to_kernel_layout(packed: torch.Tensor, block: int) -> torch.Tensor:
@@ -120,7 +147,7 @@ class QuantLinear(nn.Module):
     # --- the kernel's view of the buffers -------------------------------------------------------------------
     def kernel(self) -> str | None:
         """Which fused CPU kernel this layer can use where it lives now (None: reference path)."""
-        if self.fmt == "int8" and self.kernel_scale is not None and runtime.fast_path("int8_kernel"):
+        if self.fmt == "int8" and self.kernel_scale is not None and int8_kernel_runs():
             return "int8"
         if self.fmt == "int4" and self.layout_block is not None:
             return "int4"
