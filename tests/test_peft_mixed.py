@@ -12,7 +12,7 @@ from torch.testing import assert_close
 
 from groundup import peft as P
 from groundup.config import preset
-from groundup.generate import GenerationConfig, generate
+from groundup.generate import ContextLimitWarning, GenerationConfig, generate
 from groundup.models import DecoderLM, EncoderForPreTraining
 from groundup.tokenizer import train_bpe
 
@@ -237,7 +237,8 @@ def test_generation_budgets_the_virtual_tokens_in_front(cfg):
     model = P.inject(build("gpt2"), cfg)
     room = SMALL["block_size"] - cfg.n_virtual_tokens
     prompt = list(range(1, 51))
-    out = generate(model, [prompt], GenerationConfig(max_new_tokens=100, temperature=0.0))
+    with pytest.warns(ContextLimitWarning, match=f"stopped after {room - len(prompt)} of 100 tokens"):
+        out = generate(model, [prompt], GenerationConfig(max_new_tokens=100, temperature=0.0))
     assert len(out[0]) == room - len(prompt)
     with pytest.raises(ValueError, match=f"{room} positions"):
         generate(model, [list(range(1, room + 1))], GenerationConfig(max_new_tokens=1))
