@@ -20,7 +20,8 @@ demo: install
 	$(VENV)/bin/groundup quickstart
 
 test: install
-	$(PY) -m pytest -q
+	# one worker per core (at most 4: each holds its own models); a file's tests stay on one worker
+	$(PY) -m pytest -q -n auto --maxprocesses=4 --dist loadfile
 
 bench: install
 	# llama.cpp is an anchor only: built from source (~4 min), never needed by groundup or its tests,

@@ -25,13 +25,14 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .apps.by_arch import require_tokenizer
 from .config import ModelConfig
 from .embed import embed_texts
 from .loading import load_pretrained
@@ -232,15 +233,16 @@ class FeatureClassifier:
 # --- fine-tuning ------------------------------------------------------------------------------------------------
 def encoder_for_classification(encoder: nn.Module, n_class: int, dropout: float = 0.1) -> EncoderForClassification:
     """An EncoderForClassification whose body holds `encoder`'s weights (an Encoder, or the body of an
-    EncoderForPreTraining, whose pooler is kept too); the classifier head starts random."""
+    EncoderForPreTraining; a pretrained pooler is kept too); the classifier head starts random."""
     body = encoder.encoder if isinstance(encoder, EncoderForPreTraining) else encoder
     if not isinstance(body, Encoder):
         raise ValueError(f"classification fine-tuning needs a BERT-style encoder; got {type(encoder).__name__}")
     cfg = dataclasses.replace(body.config, n_class=n_class, dropout=dropout)
     model = EncoderForClassification(cfg)
-    model.encoder.load_state_dict(body.state_dict())
-    if isinstance(encoder, EncoderForPreTraining):
-        model.pooler.load_state_dict(encoder.pooler.state_dict())
+    model.encoder.load_state_dict({k: v for k, v in body.state_dict().items() if not k.startswith("pooler.")})
+    pooler = encoder.pooler if isinstance(encoder, EncoderForPreTraining) else body.pooler
+    if pooler is not None:
+        model.pooler.load_state_dict(pooler.state_dict())
     return model
 
 
@@ -327,6 +329,7 @@ class ClassifyJob:
     out: str = "runs/classify"  # classifier.joblib (logreg / forest) or model/ (finetune / lora)
     classifier: str = ""  # a saved classifier: skip training, only --predict
     predict: str = ""  # a text file: one prediction per line, written to <out>/predictions.tsv
+    CLI_FLAGS: ClassVar[dict[str, str]] = {"train.out_dir": "out"}  # training runs in <out>/train
 
 
 @dataclass
@@ -341,6 +344,7 @@ class ClassifyResult:
 
 def _fit(job: ClassifyJob, texts: list[str], labels: list[str]) -> FeatureClassifier | EncoderClassifier:
     encoder, tok = load_pretrained(job.model)
+    require_tokenizer(tok, job.model, "classify")
     if job.method in ("logreg", "forest"):
         return FeatureClassifier.fit(encoder, tok, texts, labels, job.method, job.model, job.seed)
     default = TrainConfig()

@@ -17,26 +17,80 @@ from typing import Any
 
 import yaml
 
+from .cli_flags import FlagNames, as_flags, flag_names
+from .cli_flags import field_types as _field_types
+
 
 class CLIError(ValueError):
     """Bad command-line input; the message says which flag and what to do."""
 
 
-def _field_types(cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-def _parse_value(raw: str, tp: Any) -> Any:
+def _parse_value(raw: str, tp: Any, flag: str) -> Any:
     """Strings stay strings (a prompt of "123" is text); everything else is read as YAML (3e-4, true, [1, 2]);
     a list option given one bare value is a list of one."""
     args = typing.get_args(tp)
-    if typing.get_origin(tp) is list or any(typing.get_origin(a) is list for a in args):
-        value = yaml.safe_load(raw)
+    lists = [t for t in (tp, *args) if typing.get_origin(t) is list]
+    if lists:
+        if raw in ("null", "None") and type(None) in args:
+            return None
+        if typing.get_args(lists[0]) in ((str,), ()):
+            return parse_list(raw, flag)
+        value = _yaml_value(raw, flag)
         return [value] if isinstance(value, str | int | float) else value
     if tp is str or typing.get_origin(tp) is typing.Literal or str in args:
         return None if raw in ("null", "None") and type(None) in args else raw
-    return yaml.safe_load(raw)
+    return _yaml_value(raw, flag)
+
+
+def _yaml_value(raw: str, flag: str) -> Any:
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise CLIError(f"{flag}={raw!r} is not a value ({problem}); quote it, e.g. {flag}='\"{raw}\"'") from None
+
+
+def parse_list(raw: str, flag: str) -> list[str]:
+    """A list option's items: "[a, b, c]" split at the commas (an item may be quoted, "a, b" or 'x', with YAML's
+    escapes such as "\\n"; unquoted items are plain text, so "[+, -, *]" and "[yes, 1]" stay strings), or one
+    bare value as a list of one. Errors name `flag` and show the form to write."""
+    text = raw.strip()
+    if not text.startswith("["):
+        return [raw]
+    example = f"write it as {flag}='[a, b]' (quote an item holding a comma: '[\"a, b\", c]')"
+    if not text.endswith("]"):
+        raise CLIError(f"{flag}={raw!r}: a list starts with [ and ends with ]; {example}")
+    items, item, quote = [], "", ""
+    for ch in text[1:-1] + ",":
+        if quote:
+            item += ch
+            quote = "" if ch == quote and not (quote == '"' and item.endswith('\\"')) else quote
+        elif ch in "'\"" and not item.strip():
+            item, quote = ch, ch
+        elif ch == ",":
+            items.append(item.strip())
+            item = ""
+        else:
+            item += ch
+    if quote:
+        raise CLIError(f"{flag}={raw!r}: a quote ({quote}) is not closed; {example}")
+    if items and not items[-1]:
+        items.pop()  # "[a, b,]": a trailing comma, as YAML allows
+    if any(not i for i in items):
+        raise CLIError(f"{flag}={raw!r}: item {items.index('') + 1} is empty; {example}")
+    return [_unquote(i, raw, flag, example) for i in items]
+
+
+def _unquote(item: str, raw: str, flag: str, example: str) -> str:
+    if item[0] not in "'\"":
+        return item
+    try:
+        value = yaml.safe_load(item)
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, str):
+        raise CLIError(f"{flag}={raw!r}: {item} is not one quoted item; {example}")
+    return value
 
 
 def _set(tree: dict[str, Any], cls: type, key: str, raw: str, prefix: str = "") -> None:
@@ -52,9 +106,9 @@ def _set(tree: dict[str, Any], cls: type, key: str, raw: str, prefix: str = "") 
         if dataclasses.is_dataclass(tp):
             _set(sub, tp, rest, raw, f"{prefix}{head}.")
         else:  # a free-form dict section (e.g. model overrides)
-            sub[rest] = yaml.safe_load(raw)
+            sub[rest] = _yaml_value(raw, f"--{prefix}{key}")
     else:
-        tree[head] = _parse_value(raw, tp)
+        tree[head] = _parse_value(raw, tp, f"--{prefix}{key}")
 
 
 def _default(cls: type, name: str) -> Any:
@@ -108,23 +162,66 @@ def parse_job(cls: type, argv: list[str]) -> Any:
             else:
                 raw = args.pop(0)
         if key == "config":
-            path = Path(raw)
-            if not path.is_file():
-                raise CLIError(f"--config {raw}: no such file; give the path of a YAML file (see configs/)")
-            loaded = yaml.safe_load(path.read_text()) or {}
-            if not isinstance(loaded, dict):
-                raise CLIError(f"--config {raw}: the YAML must be a mapping of option: value")
-            _merge(tree, loaded)
+            _merge(tree, _apply_aliases(read_config(raw), cls, raw))
         else:
             flags.append((key.replace("-", "_"), raw))
     seen: set[str] = set()
-    for key, raw in flags:
+    for key, raw in _alias_flags(flags, cls):
         before = tree.get(key) if key in seen else None
         _set(tree, cls, key, raw)
         if isinstance(before, list) and isinstance(tree.get(key), list):  # a repeated list flag adds items
             tree[key] = before + tree[key]
         seen.add(key)
     return build(cls, tree)
+
+
+def read_config(raw: str) -> dict[str, Any]:
+    """The mapping in a --config YAML file; a YAML error is reported as FILE:LINE:COL: what is wrong."""
+    path = Path(raw)
+    if not path.is_file():
+        raise CLIError(f"--config {raw}: no such file; give the path of a YAML file (see configs/)")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise CLIError(f"--config {raw}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{raw}:{mark.line + 1}:{mark.column + 1}" if mark is not None else raw
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        context = getattr(e, "context", None)
+        context_mark = getattr(e, "context_mark", None)
+        if context and context_mark is not None:
+            problem += f" ({context} at {context_mark.line + 1}:{context_mark.column + 1})"
+        raise CLIError(f"{where}: {problem}") from None
+    if not isinstance(loaded, dict):
+        raise CLIError(f"--config {raw}: the YAML must be a mapping of option: value")
+    return loaded
+
+
+# A job's CLI_FLAGS name the option that sets a nested field (finetune's train.out_dir is its out_dir): a value
+# given for the nested field (--train.out_dir, or train: {out_dir: ...} in a YAML file) goes to that option.
+def _alias_flags(flags: list[tuple[str, str]], cls: type) -> list[tuple[str, str]]:
+    aliases = getattr(cls, "CLI_FLAGS", {})
+    given = dict(flags)
+    for path, target in aliases.items():
+        if path in given and target in given and given[path] != given[target]:
+            raise CLIError(f"--{path}={given[path]} and --{target}={given[target]} name the same option; give only "
+                           f"--{target}")
+    return [(aliases.get(key, key), raw) for key, raw in flags]
+
+
+def _apply_aliases(tree: dict[str, Any], cls: type, where: str) -> dict[str, Any]:
+    for path, target in getattr(cls, "CLI_FLAGS", {}).items():
+        section, _, name = path.partition(".")
+        sub = tree.get(section)
+        if not isinstance(sub, dict) or name not in sub:
+            continue
+        value = sub.pop(name)
+        if target in tree and tree[target] != value:
+            raise CLIError(f"--config {where}: {path}: {value} and {target}: {tree[target]} name the same option; "
+                           f"keep only {target}")
+        tree[target] = value
+    return tree
 
 
 def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
@@ -137,10 +234,12 @@ def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
 
 def _help(name: str, cls: type, fn: Callable, examples: str) -> str:
     lines = [f"usage: groundup {name} [--config FILE.yaml] [--key=value ...]", "", (fn.__doc__ or "").strip(), ""]
+    aliased = getattr(cls, "CLI_FLAGS", {})  # set through another option, which the list shows
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         if dataclasses.is_dataclass(default):
-            lines += [f"  --{f.name}.{k}={v!r}" for k, v in dataclasses.asdict(default).items()]
+            lines += [f"  --{f.name}.{k}={v!r}" for k, v in dataclasses.asdict(default).items()
+                      if f"{f.name}.{k}" not in aliased]
         else:
             lines.append(f"  --{f.name}={default!r}")
     return "\n".join(lines + ["", "examples:", examples.strip("\n")])
@@ -152,14 +251,15 @@ def _commands() -> dict[str, tuple[type, Callable, str]]:
     return jobs.COMMANDS
 
 
-def _brief_warnings(command: str) -> None:
+def _brief_warnings(command: str, names: FlagNames) -> None:
     """groundup's own warnings (e.g. generation stopped at the model's context) print as one line on stderr,
-    without the file and source line Python adds; other libraries' warnings print as usual."""
+    without the file and source line Python adds, the options they name written as flags; other libraries'
+    warnings print as usual."""
     default = warnings.formatwarning
 
     def brief(message, category, filename, lineno, line=None) -> str:
         if category.__module__.partition(".")[0] == "groundup":
-            return f"groundup {command}: {message}\n"
+            return f"groundup {command}: {as_flags(str(message), names)}\n"
         return default(message, category, filename, lineno, line)
 
     warnings.formatwarning = brief
@@ -185,13 +285,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from .train import CheckpointError
 
-    _brief_warnings(name)
+    names = flag_names(cls)
+    _brief_warnings(name, names)
     job = None
     try:
         job = parse_job(cls, rest)
         fn(job)
-    except (ValueError, FileNotFoundError, FileExistsError, CheckpointError) as e:  # our errors say what to fix
+    except CLIError as e:
         print(f"groundup {name}: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, FileExistsError, CheckpointError) as e:  # our errors say what to fix
+        print(f"groundup {name}: error: {as_flags(str(e), names)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C: stop quietly, with the shell's exit code for SIGINT
         print(interrupted_line(name, rest, job, e), file=sys.stderr)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .apps.by_arch import require_arch
+from .apps.by_arch import require_arch, require_tokenizer
 from .data.arithmetic import exact_match
 from .data.instruct import load_instructions
 from .finetune import greedy_completions
@@ -121,6 +121,7 @@ def fewshot(job: FewShotJob) -> FewShotResult:
     pool, tests = load_pairs(job.shots), load_pairs(job.data)[: job.limit]
     model, tok = load_pretrained(job.model)
     require_arch(model, "fewshot")
+    require_tokenizer(tok, job.model, "fewshot")
     result = fewshot_exact_match(model, tok, pool, tests, job.k, job.template, job.seed, job.max_new_tokens)
     print(f"{job.k}-shot exact match on {len(tests)} questions of {job.data}: {result.accuracy:.3f}")
     return result

@@ -22,13 +22,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import ClassVar, Literal, get_args
 
 import torch
 from torch import nn
 
 from . import runtime
 from .apps.by_arch import require_arch
+from .apps.export import check_out, out_dtype, write_model
+from .chat import chat_template_from
 from .data.arithmetic import exact_match
 from .data.instruct import DEFAULT_SEPARATOR, FORMATS, InstructData, load_instructions
 from .data.prompt_format import PromptFormat, prompt_format_for, read_prompt_format, save_prompt_format
@@ -85,6 +87,7 @@ class DataOptions:
     val_fraction: float = 0.1
     block_size: int | None = None  # longest row; None = the model's context (less any virtual tokens)
     separator: str = DEFAULT_SEPARATOR  # between prompt and completion (prompt/completion records)
+    template: str | None = None  # chat records: a chat template name (chatml, plain) or Jinja file; None = the model's
 
 
 @dataclass
@@ -99,6 +102,7 @@ class FinetuneJob:
     eval_data: str = ""  # JSONL whose exact-match accuracy is reported after training ("" = none)
     eval_max_new_tokens: int = 32
     quantize: str = ""  # "" (float base) | int8 | int4 | nf4: a frozen quantized base (QLoRA: nf4 + lora)
+    CLI_FLAGS: ClassVar[dict[str, str]] = {"train.out_dir": "out_dir"}  # --train.out_dir means --out_dir
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -322,6 +326,9 @@ def finetune(job: FinetuneJob) -> FinetuneResult:
         raise ValueError("data.path is missing; give an instruction JSONL, e.g. --data.path=train.jsonl")
     cfg = train_config(job)
     record = _job_record(job, cfg)  # nothing is written to out_dir until every input has been validated
+    template = chat_template_from(job.data.template, "data.template") if job.data.template else None
+    if job.eval_data:  # a missing, empty or malformed file is refused now, not after training
+        load_instructions(job.eval_data, separator=job.data.separator)
     examples, report = load_instructions(job.data.path, job.data.fmt, job.data.skip_bad, job.data.separator)
     _say(report.summary())
     _check_examples(job, examples, len(report.skipped))
@@ -335,7 +342,8 @@ def finetune(job: FinetuneJob) -> FinetuneResult:
                          "completions (save the tokenizer with the checkpoint)")
     torch.manual_seed(cfg.seed)  # adapter initialisation is part of the run: the same seed, the same start
     model = prepare_model(model, job.method, job.peft, tok)
-    data = InstructData(examples, tok, _block_size(job, model), job.data.val_fraction, job.data.pack, seed=cfg.seed)
+    data = InstructData(examples, tok, _block_size(job, model), job.data.val_fraction, job.data.pack, template,
+                        cfg.seed)
     if cfg.eval_every and not data.rows["val"]:
         _say(f"no validation examples (val_fraction={job.data.val_fraction}): evaluation off")
         cfg = dataclasses.replace(cfg, eval_every=0)
@@ -359,6 +367,8 @@ class MergeJob:
     adapter: str = ""  # an adapter folder (groundup or Hugging Face PEFT layout)
     out: str = ""  # the directory to write
     to: Literal["groundup", "hf"] = "groundup"
+    dtype: str = "fp32"  # the written weights (merged in fp32): fp32 | bf16 | auto (fastest for inference here)
+    overwrite: bool = False  # replace an existing, non-empty --out
 
 
 def merge_adapter(job: MergeJob) -> Path:
@@ -367,24 +377,20 @@ def merge_adapter(job: MergeJob) -> Path:
         raise ValueError("merge needs --model (the base), --adapter (the adapter folder) and --out (where to write)")
     if job.to not in ("groundup", "hf"):
         raise ValueError(f"to={job.to!r} is unknown; use 'groundup' (a checkpoint) or 'hf' (a Hugging Face folder)")
+    out = check_out(job.out, job.overwrite)
+    dtype = out_dtype(job.dtype)
     model, tok = load_pretrained(job.model)
     model = attach_adapter(model, job.adapter)
     method = peft_state(model).method
     if method in ("prompt", "prefix"):
         raise PeftError(f"a {method}-tuning adapter cannot be merged: it enters through the model's inputs, not its "
                         "weights; use it unmerged (groundup generate --adapter)")
-    model = merge_and_unload(model)
-    if job.to == "hf":
-        from .interop.hf import save_hf
-
-        written = save_hf(model, tok, job.out)
-    else:
-        written = save_checkpoint(job.out, model, tokenizer=tok)
+    written = write_model(merge_and_unload(model), tok, out, job.to, dtype)
     fmt = read_prompt_format(job.adapter)
     if fmt is not None:  # the merged model is prompted as the adapter was
         save_prompt_format(fmt, written)
     print(f"merged {job.adapter} ({method}) into {job.model}; wrote {written}")
-    return Path(written)
+    return written
 
 
 __all__ = [

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import yaml
-
-from .apps.by_arch import eval_for_arch, generate_for_arch, require_arch
+from .apps.by_arch import eval_for_arch, generate_for_arch, require_arch, require_tokenizer
 from .apps.chat import ChatJob, chat_cli
+from .apps.export import check_out, float_weights, out_dtype, write_model
 from .apps.inference import announced_prompt_format, for_decoding, load_for_inference
 from .classify import ClassifyJob, classify
+from .cli import parse_list
 from .data import CleanConfig, augment_records, clean_jsonl, make_arithmetic_splits, read_text_corpus, write_jsonl
 from .data.arithmetic import OPS, STYLES
 from .data.augment import METHODS as AUGMENT_METHODS
+from .data.instruct_jsonl import empty_file_error, json_line
 from .embed import embed_texts
 from .eval import text_perplexity
 from .fewshot import FewShotJob, fewshot
@@ -50,6 +50,7 @@ def generate_cli(job: GenerateJob) -> None:
     """Generate text from a prompt, streamed to stdout as it is produced."""
     model, tok = load_for_inference(job.model, job.dtype)
     require_arch(model, "generate", ("decoder", "seq2seq"))
+    require_tokenizer(tok, job.model, "generate")
     model = for_decoding(model, job.adapter)
     cfg = GenerationConfig(
         max_new_tokens=job.max_new_tokens, temperature=job.temperature, top_k=job.top_k, top_p=job.top_p,
@@ -80,6 +81,7 @@ def eval_cli(job: EvalJob) -> dict[str, float]:
     if not job.data:
         raise ValueError("--data is missing; give a text file, e.g. --data=held_out.txt")
     model, tok = load_for_inference(job.model, job.dtype)
+    require_tokenizer(tok, job.model, "eval")
     if (other := eval_for_arch(model, tok, job.data)) is not None:  # seq2seq and encoder models
         return other
     result = text_perplexity(model, tok, read_text_corpus(Path(job.data)), job.stride)
@@ -95,19 +97,21 @@ class ConvertJob:
     model: str = ""  # what to read: checkpoint dir, HF dir, .gguf file or packaged name
     out: str = ""  # the directory to write
     to: Literal["hf", "groundup"] = "hf"
+    dtype: str = "fp32"  # the written weights: fp32 | bf16 | auto (what inference here runs fastest in)
+    dequantize: bool = False  # a `groundup quantize` checkpoint: write float weights (needed for --to hf)
+    overwrite: bool = False  # replace an existing, non-empty --out
 
 
 def convert_cli(job: ConvertJob) -> Path:
     """Convert between formats: any loadable model -> a Hugging Face directory or a groundup checkpoint."""
-    from .interop.hf import save_hf
-    from .train.checkpoint import save_checkpoint
-
     if not job.model or not job.out:
         raise ValueError("convert needs --model (what to read) and --out (the directory to write)")
-    model, tok = load_pretrained(job.model)
-    written = save_hf(model, tok, job.out) if job.to == "hf" else save_checkpoint(job.out, model, tokenizer=tok)
+    out = check_out(job.out, job.overwrite)
+    dtype = out_dtype(job.dtype)
+    model, tok = load_pretrained(job.model, dtype)
+    written = write_model(float_weights(model, job.dequantize, job.to, job.model), tok, out, job.to, dtype)
     print(f"wrote {written}")
-    return Path(written)
+    return written
 
 
 @dataclass
@@ -150,7 +154,7 @@ def embed_cli(job: EmbedJob) -> Path:
     if not lines:
         raise ValueError("--input is missing or has no lines; give a text file with one sentence per line")
     model, tok = load_pretrained(job.model)
-    vectors = embed_texts(model, tok, lines, job.batch_size).numpy()
+    vectors = embed_texts(model, require_tokenizer(tok, job.model, "embed"), lines, job.batch_size).numpy()
     np.save(job.out, vectors)
     print(f"wrote {job.out}: {vectors.shape[0]} embeddings of size {vectors.shape[1]}")
     return Path(job.out)
@@ -160,10 +164,7 @@ def str_list(value: list[str] | str, name: str) -> list[str]:
     """A list option given as one string ("[a, b]" in YAML, or a single item) as the list it means."""
     if not isinstance(value, str):
         return list(value)
-    parsed = yaml.safe_load(value) if value.lstrip().startswith("[") else [value]
-    if not isinstance(parsed, list):
-        raise ValueError(f"--{name}={value!r} must be a list, e.g. --{name}='[a, b]'")
-    return [str(x) for x in parsed]
+    return parse_list(value, f"--{name}")  # "[+, -, *]" is three items, not YAML's alias marker
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -172,16 +173,19 @@ def read_jsonl(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file; pass a JSONL file (one JSON object a line)")
     records = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} line {n}: not valid JSON ({e.msg} at column {e.colno}); fix it") from None
-        if not isinstance(rec, dict):
-            raise ValueError(f"{path} line {n}: expected a JSON object, got {type(rec).__name__}")
-        records.append(rec)
+    with open(path, encoding="utf-8") as f:  # lines end at newlines only (splitlines would cut at U+2028 too)
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json_line(line)
+            except ValueError as e:
+                raise ValueError(f"{path} line {n}: {e}; fix it") from None
+            if not isinstance(rec, dict):
+                raise ValueError(f"{path} line {n}: expected a JSON object, got {type(rec).__name__}")
+            records.append(rec)
+    if not records:
+        raise empty_file_error(path)
     return records
 
 
@@ -191,13 +195,27 @@ class CleanJob:
     out: str = ""  # JSONL of the kept records
     fields: list[str] = field(default_factory=lambda: ["prompt", "completion"])  # text fields checked
     clean: CleanConfig = field(default_factory=CleanConfig)
+    tokenizer: str | None = None  # for --clean.min_tokens/max_tokens: a tokenizer.json, or a model whose tokenizer
+
+
+def clean_tokenizer(job: CleanJob):
+    """The tokenizer the token-length filters count with (None when they are off); the error names the flag."""
+    if job.clean.min_tokens is None and job.clean.max_tokens is None:
+        return None
+    if not job.tokenizer:
+        raise ValueError("--clean.min_tokens/--clean.max_tokens count tokens: pass --tokenizer (a tokenizer.json "
+                         "file, or a model whose tokenizer to use, e.g. --tokenizer=smollm2-135m-instruct or a "
+                         "checkpoint folder), or filter by characters with --clean.min_chars/--clean.max_chars")
+    from .loading import load_tokenizer_of
+
+    return load_tokenizer_of(job.tokenizer)
 
 
 def clean_cli(job: CleanJob):
     """Clean a JSONL dataset: PII scrubbing, length and separator filters, exact and near-duplicate removal."""
     if not job.input or not job.out:
         raise ValueError("data clean needs --input (a JSONL file) and --out (where to write the kept records)")
-    report = clean_jsonl(job.input, job.out, str_list(job.fields, "fields"), job.clean)
+    report = clean_jsonl(job.input, job.out, str_list(job.fields, "fields"), job.clean, clean_tokenizer(job))
     print(report.summary())
     for line, why in sorted(report.details.items()):
         print(f"  line {line}: {why}")
@@ -210,19 +228,24 @@ class AugmentJob:
     input: str = ""  # JSONL to augment
     out: str = ""  # JSONL: the originals (keep_original) then the changed copies
     methods: list[str] = field(default_factory=lambda: list(AUGMENT_METHODS))  # synonym, delete, swap, typo
+    protect: list[str] = field(default_factory=list)  # words/phrases never changed, e.g. "[French, Translate]"
     field: str = "prompt"  # the text field to change (declared after every field(...) call it would shadow)
     n_per_record: int = 1
     p: float = 0.1  # fraction of words changed
     seed: int = 0
     keep_original: bool = True
+    payload_words: int = 3  # a payload (after the template or last colon) this short is kept verbatim; 0: none
 
 
 def augment_cli(job: AugmentJob):
-    """Augment one text field of a JSONL dataset (EDA: synonyms, deletion, swaps, typos), seeded."""
+    """Augment one text field of a JSONL dataset (EDA: synonyms, deletion, swaps, typos), seeded; what the
+    label depends on (the shared instruction template, the payload, words the completion shares, --protect)
+    stays as it is."""
     if not job.input or not job.out:
         raise ValueError("data augment needs --input (a JSONL file) and --out (where to write)")
     records, report = augment_records(read_jsonl(job.input), job.field, str_list(job.methods, "methods"),
-                                      job.n_per_record, job.seed, job.p, job.keep_original)
+                                      job.n_per_record, job.seed, job.p, job.keep_original,
+                                      str_list(job.protect, "protect"), job.payload_words)
     write_jsonl(job.out, records)
     print(f"{report.summary()}; wrote {job.out}")
     return report
@@ -279,7 +302,9 @@ COMMANDS = {
 """),
     "convert": (ConvertJob, convert_cli, """
   groundup convert --model runs/quickstart/ckpt --out exported-hf --to hf
-  groundup convert --model smollm2-135m-instruct --out runs/smollm2 --to groundup
+  groundup convert --model smollm2-135m-instruct --out runs/smollm2 --to groundup --dtype bf16
+  groundup convert --model runs/smollm2-int4 --out smollm2-int4-hf --to hf --dequantize   # a quantized checkpoint
+  groundup convert --model runs/quickstart/ckpt --out exported-hf --overwrite      # replace what is there
 """),
     "quantize": (QuantizeJob, quantize_cli, """
   groundup quantize --model smollm2-135m-instruct --to int4 --out runs/smollm2-int4   # ~3.6x fewer weight bytes
@@ -300,6 +325,8 @@ COMMANDS = {
     "merge": (MergeJob, merge_adapter, """
   groundup merge --model smollm2-135m-instruct --adapter runs/finetune/adapter --out runs/merged
   groundup merge --model smollm2-135m-instruct --adapter runs/finetune/adapter_hf --out merged-hf --to hf
+  groundup merge --model smollm2-135m-instruct --adapter runs/finetune/adapter --out runs/merged --dtype fp32 \
+      --overwrite                         # replace an earlier merge, weights in fp32
 """),
     "fewshot": (FewShotJob, fewshot, """
   groundup fewshot --shots data/arithmetic/train.jsonl --data data/arithmetic/test.jsonl --k 4
@@ -322,10 +349,12 @@ COMMANDS = {
     "data clean": (CleanJob, clean_cli, """
   groundup data clean --input raw.jsonl --out clean.jsonl
   groundup data clean --input raw.jsonl --out clean.jsonl --fields "[text]" --clean.near_dup_threshold 0.9
+  groundup data clean --input raw.jsonl --out clean.jsonl --clean.max_tokens 512 --tokenizer smollm2-135m-instruct
 """),
     "data augment": (AugmentJob, augment_cli, """
   groundup data augment --input train.jsonl --out train_aug.jsonl --field prompt --n_per_record 2 --seed 1
   groundup data augment --input train.jsonl --out typos.jsonl --methods "[typo]" --p 0.2
+  groundup data augment --input train.jsonl --out aug.jsonl --protect "[French, Translate]"   # never changed
 """),
     "data arithmetic": (ArithmeticJob, arithmetic_cli, """
   groundup data arithmetic --out_dir data/arithmetic --n_train 5000 --n_test 500

@@ -40,7 +40,9 @@ def _is_groundup_checkpoint(path: Path) -> bool:
 
 
 def load_pretrained(path_or_id: str | Path, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Tokenizer | None]:
-    """(model in eval mode, tokenizer or None) from a local path or a hub id."""
+    """(model in eval mode, tokenizer or None) from a local path or a hub id. The tokenizer is None where a
+    groundup checkpoint or a Hugging Face folder has no tokenizer files; commands that need one say so
+    (apps.by_arch.require_tokenizer)."""
     path = packaged_path(str(path_or_id)) if str(path_or_id) in PACKAGED else Path(path_or_id)
     if path.is_dir() and _is_groundup_checkpoint(path):
         from .train.checkpoint import load_checkpoint
@@ -48,9 +50,9 @@ def load_pretrained(path_or_id: str | Path, dtype: torch.dtype = torch.float32) 
         model = load_checkpoint(path).model
         tokenizer = load_tokenizer(path) if (path / "tokenizer.json").is_file() else None
     elif path.is_dir():
-        from .interop.hf import load_hf
+        from .interop.hf import has_tokenizer, load_hf
 
-        model, tokenizer = load_hf(path)
+        model, tokenizer = load_hf(path, with_tokenizer=has_tokenizer(path))  # none there: None, as for a checkpoint
     elif path.suffix == ".gguf" and path.is_file():
         from .interop.gguf import load_gguf
 
@@ -66,3 +68,25 @@ def load_pretrained(path_or_id: str | Path, dtype: torch.dtype = torch.float32) 
             f"a packaged model name ({', '.join(PACKAGED)})"
         )
     return model.to(dtype).eval(), tokenizer
+
+
+def load_tokenizer_of(path_or_id: str | Path) -> Tokenizer:
+    """The tokenizer alone: a tokenizer.json file, or that of a model (any path or name load_pretrained takes).
+    A tokenizer.json (on its own or in a model folder) and a GGUF file's vocabulary are read without the weights."""
+    path = packaged_path(str(path_or_id)) if str(path_or_id) in PACKAGED else Path(path_or_id)
+    if path.suffix == ".gguf" and path.is_file():
+        from .interop.gguf import gguf_metadata, gguf_tokenizer, read_gguf
+
+        return gguf_tokenizer(gguf_metadata(read_gguf(path)), str(path))
+    if path.suffix == ".json" and not path.is_file():  # a mistyped file, not a hub id to download
+        raise FileNotFoundError(f"{path_or_id}: no such tokenizer file; pass a tokenizer.json, a model folder or a "
+                                f"packaged model name ({', '.join(PACKAGED)})")
+    if path.is_file() or (path / "tokenizer.json").is_file():
+        tokenizer = load_tokenizer(path)
+        tokenizer.backend.no_padding()  # a count of the text's own tokens (sentence-transformers saves padding)
+        tokenizer.backend.no_truncation()
+        return tokenizer
+    _, tokenizer = load_pretrained(path_or_id)  # e.g. a BERT folder with vocab.txt, a hub id
+    if tokenizer is None:
+        raise FileNotFoundError(f"{path_or_id}: the model has no tokenizer; pass a tokenizer.json file instead")
+    return tokenizer

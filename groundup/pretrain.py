@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
-from .config import ConfigError, preset
+from .config import ConfigError, ModelConfig, preset
 from .data import MLMData, Seq2SeqData, prepare_lm_data, read_text_corpus, reversal_pairs, shakespeare_path
 from .models import build_model
 from .tokenizer import Tokenizer, char_tokenizer, load_tokenizer, train_bpe, train_wordpiece
@@ -38,6 +38,7 @@ class PretrainJob:
     model: dict[str, Any] = field(default_factory=lambda: {"preset": "gpt-shakespeare-char"})
     data: DataSpec = field(default_factory=DataSpec)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/pretrain"))
+    CLI_SECTIONS: ClassVar[dict[str, type]] = {"model": ModelConfig}  # a preset's name + ModelConfig overrides
 
 
 def _tokenizer(spec: DataSpec, text: str, out_dir: Path, specials: tuple[str, ...] = ()) -> Tokenizer:

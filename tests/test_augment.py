@@ -9,6 +9,7 @@ import pytest
 from groundup.data.augment import (
     NEIGHBOURS,
     augment_records,
+    one_word_synonyms,
     random_delete,
     random_swap,
     synonym_replace,
@@ -72,6 +73,23 @@ def test_synonym_replacement_uses_wordnet(wn):
     assert synonym_replace("the of and", p=1.0, seed=0) == "the of and"  # stopwords are never replaced
     assert synonym_replace("children", p=1.0, seed=0) == "children"  # lemmas only: inflected forms stay
     assert synonym_replace(TEXT, p=0.2, seed=3) != TEXT
+
+
+def test_synonyms_are_single_lowercase_words(wn):
+    assert "Daniel Chester French" in wn.synonyms("french") and "true cat" in wn.synonyms("cat")
+    for word in ("french", "cat", "dog", "bank", "water"):
+        assert all(" " not in s and s.islower() for s in one_word_synonyms(word, wn))
+    assert {synonym_replace("the french", p=1.0, seed=s) for s in range(10)} == {"the french"}  # none left
+
+
+@pytest.mark.parametrize("fn", [random_delete, random_swap, typo_noise, synonym_replace])
+def test_kept_spans_are_never_changed_and_line_breaks_stay(fn, wn):
+    text = "Review: the quick brown fox jumps over the lazy dog\nSentiment:"
+    keep = [(0, 7), (text.index("\n"), len(text)), (text.index("fox"), text.index("fox") + 3)]
+    for seed in range(10):
+        out = fn(text, 0.5, seed, keep=keep)
+        assert out.startswith("Review: ") and out.endswith(" \nSentiment:"[1:]) and "fox" in out
+        assert out.count("\n") == 1 and out != text
 
 
 @pytest.mark.parametrize("fn", [random_delete, random_swap, typo_noise, synonym_replace])

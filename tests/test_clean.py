@@ -131,6 +131,24 @@ def test_ordinary_numbers_are_not_pii(text):
     assert scrub_pii(text) == (text, {})
 
 
+@pytest.mark.parametrize(("text", "scrubbed"), [
+    ("ssn 123-45-6789.", "ssn [SSN]."), ("itin 912-70-1234", "itin [SSN]"), ("at 192.168.1.10.", "at [IP]."),
+    ("to 8.8.8.8:53", "to [IP]:53"), ("ip 2001:0db8:85a3:0000:0000:8a2e:0370:7334", "ip [IP]"),
+    ("[2001:db8::1]:443", "[[IP]]:443"), ("::ffff:192.0.2.1", "[IP]"), ("10.0.0.1-10.0.0.5", "[IP]-[IP]"),
+])
+def test_ssns_and_ip_addresses_are_scrubbed(text, scrubbed):
+    out, counts = scrub_pii(text)
+    assert out == scrubbed and sum(counts.values()) == scrubbed.count("[") - scrubbed.count("[[")
+
+
+@pytest.mark.parametrize("text", ["on 2024-01-15", "due 01-15-2024", "1.2.3.4-beta", "1.2.3.4-rc1", "1.2.3.4+build",
+                                  "v1.2.3.4", "version 1.2.3.4", "pkg-1.2.3.4", "1.2.3.4.5", "999.1.1.1", "01.2.3.4",
+                                  "000-12-3456", "123-00-4567", "at 10:30:45", "x[1::2]", "::1", "std::vector",
+                                  "mac 00:1A:2B:3C:4D:5E"])
+def test_dates_versions_and_lookalikes_are_not_ssns_or_ips(text):
+    assert scrub_pii(text) == (text, {})
+
+
 def test_emails_and_mixed_pii():
     text = "Mail jane.doe+news@mail.example.co.uk or call +1 555 123 4567; card 4111 1111 1111 1111."
     assert scrub_pii(text) == ("Mail [EMAIL] or call [PHONE]; card [CARD].", {"EMAIL": 1, "CARD": 1, "PHONE": 1})
@@ -152,12 +170,14 @@ def test_report_lists_everything_removed_and_changed():
     assert [r["prompt"] for r in kept] == ["Email me at [EMAIL]", "Card [CARD] and [PHONE]"]
     assert records[0]["prompt"] == "Email me at bob@example.com"  # inputs are not modified
     assert report.n_in == 6 and report.n_kept == 2
-    assert report.removed == {"separator_in_prompt": [2], "length": [3, 5], "exact_duplicate": [4]}
-    assert report.details[3] == "3 chars < min_chars=5" and report.details[5] == "302 chars > max_chars=200"
+    assert report.removed == {"separator_in_prompt": [2], "rejected_by_finetune": [3], "length": [5],
+                              "exact_duplicate": [4]}
+    assert report.details[3] == "'completion' is empty (finetune would reject it)"
+    assert report.details[5] == "302 chars > max_chars=200"
     assert report.details[4] == "duplicate of line 1"
     assert report.pii == {"EMAIL": 2, "CARD": 1, "PHONE": 1} and report.changed_lines == [1, 4, 6]
     summary = report.summary()
-    assert "kept 2/6" in summary and "removed 2 length (lines [3, 5])" in summary and "EMAIL" in summary
+    assert "kept 2/6" in summary and "removed 1 length (lines [5])" in summary and "EMAIL" in summary
 
 
 def test_token_length_filter_and_errors():

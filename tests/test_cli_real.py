@@ -31,7 +31,7 @@ def test_convert_gguf_to_hf_loads_in_transformers_with_identical_logits(tmp_path
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "smollm2-hf"
-    done = groundup("convert", "--model=smollm2-135m-instruct", f"--out={out}", "--to=hf")
+    done = groundup("convert", "--model=smollm2-135m-instruct", f"--out={out}", "--to=hf", "--dtype=fp32")
     assert done.returncode == 0, done.stderr
     ours, tok = load_pretrained("smollm2-135m-instruct")
     theirs = AutoModelForCausalLM.from_pretrained(out).eval()

@@ -181,7 +181,7 @@ def test_finetune_without_the_progress_bar_prints_its_losses(base, records, tmp_
 def test_a_rejected_finetune_leaves_no_out_dir(base, records, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    for args, message in (([f"--model={base}", f"--data.path={empty}"], f"--data.path={empty}: nothing to train on"),
+    for args, message in (([f"--model={base}", f"--data.path={empty}"], f"{empty} is empty"),
                           ([f"--model={tmp_path / 'missing'}", f"--data.path={records}"], "missing")):
         out = tmp_path / "out"
         done = groundup("finetune", *args, f"--out_dir={out}")

@@ -123,7 +123,8 @@ def test_hf_peft_copy_gives_the_same_model_as_the_groundup_adapter(base, data, t
 @pytest.mark.parametrize("method", ["lora", "ia3", "bitfit"])
 def test_merged_checkpoint_equals_the_unmerged_adapter(base, data, tmp_path, method):
     result = finetune(job_for(base, data, tmp_path / "run", method, steps=5))
-    merged_dir = merge_adapter(MergeJob(model=str(base), adapter=str(result.adapter), out=str(tmp_path / "merged")))
+    merged_dir = merge_adapter(MergeJob(model=str(base), adapter=str(result.adapter), out=str(tmp_path / "merged"),
+                                        dtype="fp32"))
     merged, tok = load_pretrained(merged_dir)
     unmerged = reload(base, result).eval()
     ids = fixed_batch(tok, data)["input_ids"][:4]

@@ -86,7 +86,8 @@ def test_generate_with_adapter_matches_the_library(run, base):
 
 def test_merge_cli_output_equals_the_adapter_output(run, base):
     out = run["root"] / "merged"
-    done = groundup("merge", f"--model={base}", f"--adapter={run['run'] / 'adapter_hf'}", f"--out={out}")
+    done = groundup("merge", f"--model={base}", f"--adapter={run['run'] / 'adapter_hf'}", f"--out={out}",
+                    "--dtype=fp32")
     assert done.returncode == 0, done.stderr
     merged, tok = load_pretrained(out)
     tuned = attach_adapter(load_pretrained(base)[0], run["run"] / "adapter").eval()

@@ -18,6 +18,7 @@ from ..data.seq2seq import read_pairs
 from ..eval import pairs_perplexity, pseudo_perplexity
 from ..generate import GenerationConfig
 from ..generate_seq2seq import translate_text
+from ..tokenizer import Tokenizer
 
 ARCH_NAMES = {
     "decoder": "a decoder-only language model",
@@ -54,6 +55,16 @@ def require_arch(model: nn.Module, command: str, allowed: tuple[str, ...] = ("de
     if arch not in allowed:
         instead = INSTEAD.get((command, arch), f"`groundup {command}` works with {' or '.join(allowed)} models")
         raise ValueError(f"{command} does not apply to {ARCH_NAMES.get(arch, arch)} (arch={arch!r}): {instead}")
+
+
+def require_tokenizer(tokenizer: Tokenizer | None, model: str, command: str) -> Tokenizer:
+    """The tokenizer, or a FileNotFoundError of one line naming the folder that has none."""
+    if tokenizer is None:
+        raise FileNotFoundError(
+            f"{command} needs a tokenizer and {model} has none (no tokenizer.json, nor a BERT vocab.txt); copy the "
+            "tokenizer files of the model it was trained or converted from into it"
+        )
+    return tokenizer
 
 
 def generate_for_arch(model: nn.Module, tokenizer, prompt: str, cfg: GenerationConfig) -> bool:

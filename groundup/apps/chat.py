@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from ..chat import Chat, chat_template_from
 from ..generate import GenerationConfig
-from .by_arch import require_arch
+from .by_arch import require_arch, require_tokenizer
 from .inference import announced_prompt_format, for_decoding, load_for_inference
 
 
@@ -33,6 +33,7 @@ def chat_cli(job: ChatJob) -> None:
     template = chat_template_from(job.template, "--template") if job.template else None  # refused before loading
     model, tok = load_for_inference(job.model, job.dtype)
     require_arch(model, "chat")
+    require_tokenizer(tok, job.model, "chat")
     model = for_decoding(model, job.adapter)
     fmt = None if template else announced_prompt_format(job.model, job.adapter, job.raw_prompt)
     chat = Chat(model, tok, template=template or (fmt.chat_template() if fmt else None), system=job.system)

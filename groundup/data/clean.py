@@ -1,6 +1,7 @@
 """Dataset cleaning: PII scrubbing, separator and length filters, exact and near-duplicate removal.
 
-    records ─► scrub PII (emails, phones, Luhn-valid cards) ─► separator check ─► length filters
+    records ─► scrub PII (emails, IPs, SSNs, Luhn-valid cards, phones) ─► separator check
+            ─► what finetune would reject (e.g. an empty completion) ─► length filters
             ─► exact duplicates (normalised text hash) ─► near duplicates (MinHash + LSH, Jaccard) ─► kept
 
 Every removal and every change is in the report with its (1-based) line number and reason; the first
@@ -17,7 +18,7 @@ threshold becomes a candidate with probability >= 0.99.
 from __future__ import annotations
 
 import hashlib
-import json
+import ipaddress
 import os
 import re
 import zlib
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from groundup.data.instruct import DEFAULT_SEPARATOR, write_jsonl
+from groundup.data.instruct_jsonl import empty_file_error, instruction_format, json_line, record_problem
 from groundup.tokenizer import Tokenizer
 
 MERSENNE = (1 << 31) - 1  # p for the universal hashes: a * x + b < 2**63 fits in uint64
@@ -41,6 +43,15 @@ PHONE = re.compile(
     r"|(?:\(\d{3}\)\s?|\d{3}[-. ]?)\d{3}[-. ]?\d{4}"  # US: (555) 123-4567, 555.123.4567, 5551234567
     r")(?!\w)(?![-. ]\d)"
 )
+# US social security numbers (and ITINs) as written: 123-45-6789. Dates (2024-01-15, 01-15-2024) have other
+# group lengths; a part of all zeros is never issued, so 000-12-3456 / 123-00-4567 / 123-45-0000 stay.
+SSN = re.compile(r"(?<![\w-])(?!000)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\w-])")
+# Candidates only: ipaddress decides (IPv4: octets 0-255, no leading zeros). A dotted quad that reads as a
+# version stays: "v1.2.3.4", "version 1.2.3.4", "1.2.3.4-beta", "1.2.3.4+build", "pkg-1.2.3.4", "1.2.3.4.5".
+IPV4 = re.compile(r"(?<![\w.])(?<![A-Za-z]-)\d{1,3}(?:\.\d{1,3}){3}(?![\w+])(?!\.\w)(?!-\w*[A-Za-z])")
+IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}"  # groups; "::" is an empty one
+                  r"(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{1,4})?(?![\w:])")  # last group, or IPv4-mapped
+VERSION_WORD = re.compile(r"(?:\b(?:version|ver|release|build|v)\.?\s*)$", re.IGNORECASE)
 
 
 @dataclass
@@ -57,6 +68,7 @@ class CleanConfig:
     min_tokens: int | None = None  # needs a tokenizer
     max_tokens: int | None = None
     separator: str | None = DEFAULT_SEPARATOR  # a record whose prompt_field contains it is removed
+    finetune_check: bool = True  # remove instruction records finetune would reject (e.g. an empty completion)
     prompt_field: str = "prompt"
     seed: int = 0  # for the MinHash hash functions
 
@@ -104,10 +116,25 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
+def _is_ip(m: re.Match) -> bool:
+    """A candidate that ipaddress accepts, not introduced as a version ("version 1.2.3.4"); an IPv6 needs 3+
+    groups, so slices and ratios ("a[1::2]", "::1") stay."""
+    text = m.group()
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    if ip.version == 6:
+        return len([g for g in re.split(r"[:.]", text) if g]) >= 3
+    return VERSION_WORD.search(m.string, 0, m.start()) is None
+
+
 def scrub_pii(text: str) -> tuple[str, dict[str, int]]:
-    """`text` with emails -> [EMAIL], Luhn-valid 13-19 digit card numbers -> [CARD], phone numbers
-    (US and +international formats, 7-15 digits) -> [PHONE]; and the count of each replacement."""
-    counts = {"EMAIL": 0, "CARD": 0, "PHONE": 0}
+    """`text` with emails -> [EMAIL], IPv4 and IPv6 addresses -> [IP], US social security numbers
+    (123-45-6789) -> [SSN], Luhn-valid 13-19 digit card numbers -> [CARD], phone numbers (US and
+    +international formats, 7-15 digits) -> [PHONE]; and the count of each replacement. Dates
+    (2024-01-15) and versions (1.2.3, 1.2.3.4-beta) are not PII."""
+    counts = {"EMAIL": 0, "IP": 0, "SSN": 0, "CARD": 0, "PHONE": 0}
 
     def sub(kind: str, ok: object = None):
         def repl(m: re.Match) -> str:
@@ -118,6 +145,9 @@ def scrub_pii(text: str) -> tuple[str, dict[str, int]]:
         return repl
 
     text = EMAIL.sub(sub("EMAIL"), text)
+    for pattern in (IPV6, IPV4):
+        text = pattern.sub(lambda m: sub("IP")(m) if _is_ip(m) else m.group(), text)
+    text = SSN.sub(sub("SSN"), text)
     text = CARD.sub(sub("CARD", luhn_valid), text)
     text = PHONE.sub(sub("PHONE", lambda d: 7 <= len(d) <= 15), text)
     return text, {k: v for k, v in counts.items() if v}
@@ -229,6 +259,15 @@ def _length_problem(text: str, cfg: CleanConfig, tokenizer: Tokenizer | None) ->
     return None
 
 
+def _finetune_problem(rec: dict, cfg: CleanConfig) -> str | None:
+    """Why finetune's loader would reject an instruction record (the loader's own check and words), or None;
+    records of no instruction shape ({"text": ...}) are not its business."""
+    if instruction_format(rec) is None:
+        return None
+    why = record_problem(rec, separator=cfg.separator or "")
+    return f"{why} (finetune would reject it)" if why else None
+
+
 def _clean(records: Sequence[dict], lines: Sequence[int], text_fields: Sequence[str], cfg: CleanConfig,
            tokenizer: Tokenizer | None) -> tuple[list[dict], CleanReport]:
     _check(records, text_fields, lines)
@@ -252,8 +291,14 @@ def _clean(records: Sequence[dict], lines: Sequence[int], text_fields: Sequence[
             why = f"{cfg.prompt_field!r} contains the separator {cfg.separator!r}"
             report._remove(line, "separator_in_prompt", why)
             continue
+        if cfg.finetune_check and (why := _finetune_problem(rec, cfg)):
+            report._remove(line, "rejected_by_finetune", why)
+            continue
         text = "\n".join(rec[f] for f in text_fields)
-        problem = _length_problem(text, cfg, tokenizer)
+        try:
+            problem = _length_problem(text, cfg, tokenizer)
+        except ValueError as e:  # a tokenizer that cannot encode this record's text
+            raise ValueError(f"line {line}: {e}") from e
         if problem:
             report._remove(line, "length", problem)
             continue
@@ -283,7 +328,8 @@ def clean_dataset(records: Sequence[dict], text_fields: Sequence[str], config: C
 def clean_jsonl(in_path: str | os.PathLike, out_path: str | os.PathLike, text_fields: Sequence[str],
                 config: CleanConfig | None = None, tokenizer: Tokenizer | None = None) -> CleanReport:
     """clean_dataset on a JSONL file, writing the kept records to `out_path`; report line numbers are the
-    file's. A line that is not valid JSON is an error naming it; blank lines are skipped."""
+    file's. A line that is not valid JSON is an error naming it; blank lines are skipped; a file with no records
+    is an error (EmptyFileError)."""
     in_path = Path(in_path)
     if not in_path.is_file():
         raise FileNotFoundError(f"clean_jsonl(in_path={str(in_path)!r}): no such file; pass a JSONL file")
@@ -293,10 +339,12 @@ def clean_jsonl(in_path: str | os.PathLike, out_path: str | os.PathLike, text_fi
             if not text.strip():
                 continue
             try:
-                records.append(json.loads(text))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{in_path} line {n}: not valid JSON ({e.msg} at column {e.colno}); fix it") from None
+                records.append(json_line(text))
+            except ValueError as e:
+                raise ValueError(f"{in_path} line {n}: {e}; fix it") from None
             lines.append(n)
+    if not records:
+        raise empty_file_error(in_path)
     kept, report = _clean(records, lines, text_fields, config or CleanConfig(), tokenizer)
     write_jsonl(out_path, kept)
     return report

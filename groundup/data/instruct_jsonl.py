@@ -39,6 +39,23 @@ class _Bad(Exception):
     """What is wrong with one record (the caller adds where it is)."""
 
 
+class EmptyFileError(ValueError):
+    """A data file with no records in it; the message names the file."""
+
+
+def empty_file_error(path: str | os.PathLike) -> EmptyFileError:
+    return EmptyFileError(f"{path} is empty (no records); give a JSONL file with one JSON object a line")
+
+
+def json_line(text: str) -> object:
+    """One JSONL line, decoded. The line ending is cut first, so a JSON error's column is the decoder's in that line
+    (decoding '{"a": 1' + newline puts the missing brace on "line 2 column 1"); the ValueError says which column."""
+    try:
+        return json.loads(text.rstrip("\r\n"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not valid JSON ({e.msg} at column {e.colno})") from None
+
+
 @dataclass(frozen=True)
 class Example:
     """One instruction example. For prompt_completion and alpaca `prompt` is the whole conditioning
@@ -132,6 +149,26 @@ def _parse(obj: object, fmt: str, separator: str, line: int) -> Example:
     return Example("prompt_completion", prompt + separator, completion, line=line)
 
 
+def instruction_format(obj: object) -> str | None:
+    """The format load_instructions would read `obj` as ("prompt_completion", "alpaca", "chat"), or None
+    when it has none of their keys (not an instruction record at all)."""
+    try:
+        return _detect(obj) if isinstance(obj, dict) else None
+    except _Bad:
+        return None
+
+
+def record_problem(obj: object, fmt: str = "auto", separator: str = DEFAULT_SEPARATOR) -> str | None:
+    """Why load_instructions / parse_instructions (and so finetune) would reject this one record (an empty
+    completion, a missing key, a prompt holding the separator, ...), in their words; None if it loads."""
+    _check_fmt(fmt)
+    try:
+        _parse(obj, fmt, separator, 0)
+    except _Bad as e:
+        return str(e)
+    return None
+
+
 def _check_fmt(fmt: str) -> None:
     if fmt != "auto" and fmt not in FORMATS:
         raise ValueError(f"fmt={fmt!r} is not a format; use 'auto' or one of {FORMATS}")
@@ -173,7 +210,7 @@ def load_instructions(path: str | os.PathLike, fmt: str = "auto", skip_bad: bool
                       separator: str = DEFAULT_SEPARATOR) -> tuple[list[Example], LoadReport]:
     """Examples from a JSONL file, one record a line, format detected per line (`fmt="auto"`) or forced.
     A malformed line raises InstructFormatError naming the line; with `skip_bad` it is skipped and listed
-    in the report instead. Blank lines are ignored (and listed)."""
+    in the report instead. Blank lines are ignored (and listed); a file with no records raises EmptyFileError."""
     _check_fmt(fmt)
     path = Path(path)
     if not path.is_file():
@@ -187,11 +224,13 @@ def load_instructions(path: str | os.PathLike, fmt: str = "auto", skip_bad: bool
                     report.blank_lines.append(n)
                     continue
                 try:
-                    yield n, json.loads(text)
-                except json.JSONDecodeError as e:
-                    yield n, _Bad(f"not valid JSON ({e.msg} at column {e.colno})")
+                    yield n, json_line(text)
+                except ValueError as e:
+                    yield n, _Bad(str(e))
 
     examples = _collect(decoded(), fmt, skip_bad, separator, report, f"{path} line")
+    if not report.n_records:
+        raise empty_file_error(path)
     return examples, report
 
 

@@ -165,6 +165,8 @@ def _value(field: Any) -> Any:
             return [bytes(field.parts[i]).decode("utf-8") for i in field.data]
         return np.concatenate([field.parts[i] for i in field.data]).tolist() if field.data else []
     part = field.parts[field.data[0]]
+    if kind == GGUFValueType.FLOAT32:  # the shortest decimal that is this float32: 1e-05, not 9.999999747378752e-06
+        return float(str(part[0]))
     return bytes(part).decode("utf-8") if kind == GGUFValueType.STRING else part[0].item()
 
 

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import socket
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -134,9 +133,10 @@ def _plan(cfg: ModelConfig, hf: dict[str, Any], tensors: dict[str, torch.Tensor]
     family = hf["model_type"]
     if family == "bert":
         heads = arch == "BertForPreTraining"
-        model = EncoderForPreTraining(cfg) if heads else Encoder(cfg)
         prefix = "bert." if "bert.embeddings.word_embeddings.weight" in tensors else ""
-        return model, bert_rules(cfg, heads, prefix), "bert" if heads else "bert_body"
+        pooler = f"{prefix}pooler.dense.weight" in tensors  # a BertModel has one unless built without it
+        model = EncoderForPreTraining(cfg) if heads else Encoder(cfg, pooler=pooler)
+        return model, bert_rules(cfg, heads, prefix, pooler), "bert" if heads else "bert_body"
     model = DecoderLM(cfg)
     if family == "gpt2":
         prefix = "transformer." if "transformer.wte.weight" in tensors else ""
@@ -196,6 +196,11 @@ def _special_ids(path: Path, hf: dict[str, Any], tok: Tokenizer) -> None:
             found = ids[0] if isinstance(ids, list) and ids else ids
         if isinstance(found, int) and 0 <= found < tok.vocab_size:
             tok.set_role(role, found)  # the Tokenizer finds roles by token name; the checkpoint's word wins
+
+
+def has_tokenizer(path: str | os.PathLike) -> bool:
+    """Whether a Hugging Face folder holds tokenizer files load_hf reads (tokenizer.json, or BERT's vocab.txt)."""
+    return (Path(path) / TOKENIZER).is_file() or (Path(path) / VOCAB_TXT).is_file()
 
 
 def _load_tokenizer(path: Path, hf: dict[str, Any], cfg: ModelConfig) -> Tokenizer:
@@ -262,18 +267,28 @@ def load_hf(
 
 # --- writing ------------------------------------------------------------------------------------------
 def _export_plan(model: nn.Module) -> tuple[ModelConfig, str, list[KeyRule]]:
+    from ..quant import QuantLinear
+
     cfg = getattr(model, "config", None)
     if not isinstance(model, (DecoderLM, Encoder, EncoderForPreTraining)) or not isinstance(cfg, ModelConfig):
         raise ConfigError(
             f"save_hf cannot export a {type(model).__name__}; it exports DecoderLM (GPT-2 / Llama / Mixtral), "
             "EncoderForPreTraining (BertForPreTraining) and Encoder (BertModel)"
         )
+    quantized = sorted({m.fmt for m in model.modules() if isinstance(m, QuantLinear)})
+    if quantized:
+        raise ConfigError(
+            f"save_hf: the model is quantized ({', '.join(quantized)}) and a Hugging Face folder holds float weights; "
+            "dequantize it first: groundup.quant.dequantize(model) (from the command line: groundup convert "
+            "--dequantize)"
+        )
     family = hf_family(cfg)
     if isinstance(model, DecoderLM):
         arch = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "mixtral": "MixtralForCausalLM"}[family]
         return cfg, arch, gpt2_rules(cfg) if family == "gpt2" else llama_rules(cfg)
     heads = isinstance(model, EncoderForPreTraining)
-    return cfg, "BertForPreTraining" if heads else "BertModel", bert_rules(cfg, heads)
+    pooler = heads or model.pooler is not None
+    return cfg, "BertForPreTraining" if heads else "BertModel", bert_rules(cfg, heads, pooler=pooler)
 
 
 def _special_tokens(tokenizer: Tokenizer) -> dict[str, Any]:
@@ -309,6 +324,9 @@ def _write(tmp: Path, model: nn.Module, tokenizer: Tokenizer | None) -> None:
         tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.block_size,
                    **special["tokens"]}
         (tmp / TOKENIZER_CONFIG).write_text(json.dumps(tok_cfg, indent=2))
+    floats = [t.dtype for t in tensors.values() if t.is_floating_point()]
+    if floats:  # what from_pretrained(dtype="auto") loads them as (transformers 5 reads `dtype`, 4.x `torch_dtype`)
+        hf_cfg["torch_dtype"] = str(max(set(floats), key=floats.count)).removeprefix("torch.")
     (tmp / CONFIG).write_text(json.dumps(hf_cfg, indent=2))
     save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp / WEIGHTS), metadata={"format": "pt"})
 
@@ -322,11 +340,14 @@ def save_hf(model: nn.Module, tokenizer: Tokenizer | None, out_dir: str | os.Pat
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"save_hf(out_dir={str(out)!r}): a file is in the way; pass a directory path")
+    from ..train.checkpoint import staging_dir, usual_modes
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = staging_dir(out)
     old = out.parent / f".{out.name}.old"
     try:
         _write(tmp, model, tokenizer)
+        usual_modes(tmp)  # readable like any folder (mkdtemp's 0700 and safetensors' 0600 are owner-only)
         if out.exists():
             os.replace(out, old)
         os.replace(tmp, out)

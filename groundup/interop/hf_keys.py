@@ -48,9 +48,9 @@ IGNORED: dict[str, tuple[str, ...]] = {
     "gpt2": (r"(.*\.)?h\.\d+\.attn\.(masked_)?bias",),
     "llama": (r"(.*\.)?layers\.\d+\.self_attn\.rotary_emb\.inv_freq",),
     "bert": (r"(.*\.)?embeddings\.position_ids",),
-    # groundup's Encoder body (what a headless BertModel becomes) has no pooler: sentence embeddings
-    # are mean-pooled (Reimers & Gurevych 2019) and never read it. Export writes no pooler either.
-    "bert_body": (r"(.*\.)?embeddings\.position_ids", r"(.*\.)?pooler\.dense\.(weight|bias)"),
+    # A headless BertModel becomes groundup's Encoder body, with the file's pooler when it has one (sentence
+    # embeddings are mean-pooled, Reimers & Gurevych 2019, but the pooler is kept so that export writes it back).
+    "bert_body": (r"(.*\.)?embeddings\.position_ids",),
 }
 # Names from TensorFlow-era files (the original BERT release) that transformers still renames on load.
 LEGACY_NAMES = ((re.compile(r"(LayerNorm|layer_norm)\.gamma$"), r"\1.weight"),
@@ -146,9 +146,10 @@ _BERT_LAYER = {
 }
 
 
-def bert_rules(cfg: ModelConfig, heads: bool, prefix: str | None = None) -> list[KeyRule]:
+def bert_rules(cfg: ModelConfig, heads: bool, prefix: str | None = None, pooler: bool = False) -> list[KeyRule]:
     """BertForPreTraining (heads=True) <-> EncoderForPreTraining, or a headless BertModel (heads=False;
-    keys without the 'bert.' prefix by default, as sentence-transformers' MiniLM stores them) <-> Encoder."""
+    keys without the 'bert.' prefix by default, as sentence-transformers' MiniLM stores them) <-> Encoder,
+    with BERT's pooler when `pooler` (a BertModel's default; the pre-training heads always have one)."""
     hf = prefix if prefix is not None else ("bert." if heads else "")
     ours = "encoder." if heads else ""
     rows = [
@@ -161,9 +162,10 @@ def bert_rules(cfg: ModelConfig, heads: bool, prefix: str | None = None) -> list
     for i in range(cfg.n_layer):
         for hf_name, our_name in _BERT_LAYER.items():
             rows += _wb(f"{hf}encoder.layer.{i}.{hf_name}", f"{ours}blocks.{i}.{our_name}", True)
+    if heads or pooler:
+        rows += _wb(f"{hf}pooler.dense", "pooler.dense", True)
     if not heads:
         return rows
-    rows += _wb(f"{hf}pooler.dense", "pooler.dense", True)
     rows += _wb("cls.predictions.transform.dense", "mlm_head.dense", True)
     rows += _wb("cls.predictions.transform.LayerNorm", "mlm_head.norm", True)
     rows += [

@@ -71,7 +71,8 @@ def _plan(model: nn.Module) -> tuple[list[ModuleMap], str | None, str]:
         return module_table(gpt2_rules(cfg) if family == "gpt2" else llama_rules(cfg)), "CAUSAL_LM", family
     if isinstance(base, (Encoder, EncoderForPreTraining)):
         heads = isinstance(base, EncoderForPreTraining)
-        return module_table(bert_rules(cfg, heads)), None if heads else "FEATURE_EXTRACTION", hf_family(cfg)
+        rules = bert_rules(cfg, heads, pooler=heads or base.pooler is not None)
+        return module_table(rules), None if heads else "FEATURE_EXTRACTION", hf_family(cfg)
     raise PeftError(f"the HF PEFT layout maps DecoderLM (GPT-2 / Llama), Encoder and EncoderForPreTraining (BERT); "
                     f"not {type(base).__name__}. Use groundup.peft.save_adapter for it")
 

@@ -24,6 +24,10 @@ from ..nn import Block, Embeddings, alibi_slopes, build_mask, build_norm, build_
 from ..nn.mlp import ACTIVATIONS
 from .decoder import init_weights
 
+# config.extra key a checkpoint of an Encoder body saved alone carries ({"pooler": bool}), so that loading it
+# rebuilds the body (with its pooler, if it had one) rather than EncoderForPreTraining, arch "encoder"'s model.
+BODY_KEY = "encoder_body"
+
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None = None, normalize: bool = True) -> torch.Tensor:
     """Average of the real tokens' hidden states (B, T, d) -> (B, d), as sentence-transformers does
@@ -36,13 +40,27 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None = None, 
     return F.normalize(pooled, p=2, dim=-1) if normalize else pooled
 
 
+class Pooler(nn.Module):
+    """BERT's pooler: tanh(dense(h_[CLS])), the sentence representation the NSP and classification
+    heads read (Devlin et al. 2019, sec. 3)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(cfg.d_model, cfg.d_model)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden[:, 0]))  # (B, d)
+
+
 class Encoder(nn.Module):
     """The encoder body: embeddings, non-causal blocks, and a final norm for pre-norm configs
     (post-norm blocks, as in BERT, already end in a norm). Returns hidden states (B, T, d).
 
-    `segments` adds BERT's token-type embedding; the seq2seq encoder builds this body without it."""
+    `segments` adds BERT's token-type embedding; the seq2seq encoder builds this body without it.
+    `pooler` keeps BERT's pooler on a body used alone (a Hugging Face BertModel has one): forward still returns
+    the hidden states, `self.pooler(hidden)` gives tanh(dense(h_[CLS])). The heads' models hold their own."""
 
-    def __init__(self, cfg: ModelConfig, segments: bool = True) -> None:
+    def __init__(self, cfg: ModelConfig, segments: bool = True, pooler: bool = False) -> None:
         super().__init__()
         if cfg.arch not in ("encoder", "seq2seq"):
             raise ConfigError(f"Encoder needs ModelConfig.arch='encoder' (or 'seq2seq'), got {cfg.arch!r}")
@@ -50,6 +68,7 @@ class Encoder(nn.Module):
         self.embed = Embeddings(cfg, segments=segments)
         self.blocks = nn.ModuleList(Block(cfg, causal=False) for _ in range(cfg.n_layer))
         self.norm = build_norm(cfg) if cfg.prenorm else nn.Identity()
+        self.pooler = Pooler(cfg) if pooler else None
         self.rotary = build_rotary(cfg)
         self.register_buffer("alibi", alibi_slopes(cfg.n_head) if cfg.pos == "alibi" else None, persistent=False)
 
@@ -73,18 +92,6 @@ class Encoder(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, mask, is_causal, rope, None, i)
         return self.norm(x)
-
-
-class Pooler(nn.Module):
-    """BERT's pooler: tanh(dense(h_[CLS])), the sentence representation the NSP and classification
-    heads read (Devlin et al. 2019, sec. 3)."""
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.dense = nn.Linear(cfg.d_model, cfg.d_model)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.dense(hidden[:, 0]))  # (B, d)
 
 
 class MLMHead(nn.Module):

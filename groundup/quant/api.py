@@ -190,9 +190,17 @@ def rebuild_quantized(model: nn.Module, entry: dict) -> None:
 @torch.no_grad()
 def dequantize(model: nn.Module) -> nn.Module:
     """Swap every QuantLinear back to nn.Linear holding its dequantized weight (in the bias's dtype, else fp32),
-    in place: e.g. to merge a LoRA adapter trained over a quantized base. The quantization error stays."""
+    in place: e.g. to merge a LoRA adapter trained over a quantized base. The quantization error stays, except in
+    a head that `head=` quantized as a copy of tied embeddings: it is tied to the (float) embeddings again, as the
+    config says, so that a saved model holds one matrix."""
+    cfg = getattr(model, "config", None)
+    entry = (getattr(cfg, "extra", None) or {}).get(CONFIG_KEY) or {}
     for name, module in list(model.named_modules()):
-        if isinstance(module, QuantLinear):
+        if not isinstance(module, QuantLinear):
+            continue
+        if name == HEAD and entry.get("head") and getattr(cfg, "tie_embeddings", False):
+            model.set_submodule(name, _tied_head(model, module))
+        else:
             dtype = module.bias.dtype if module.bias is not None else torch.float32
             linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
                                device=module.qweight.device, dtype=dtype)
@@ -200,7 +208,14 @@ def dequantize(model: nn.Module) -> nn.Module:
             if module.bias is not None:
                 linear.bias.copy_(module.bias)
             model.set_submodule(name, linear)
-    cfg = getattr(model, "config", None)
     if cfg is not None and dataclasses.is_dataclass(cfg) and CONFIG_KEY in cfg.extra:
         model.config = dataclasses.replace(cfg, extra={k: v for k, v in cfg.extra.items() if k != CONFIG_KEY})
     return model
+
+
+def _tied_head(model: nn.Module, head: QuantLinear) -> nn.Linear:
+    """An output projection sharing the embedding matrix (DecoderLM's tie), in place of its quantized copy."""
+    embedding = model.embed.tok_emb.weight
+    linear = nn.Linear(head.in_features, head.out_features, bias=False, device=embedding.device, dtype=embedding.dtype)
+    linear.weight = embedding
+    return linear

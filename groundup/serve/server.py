@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .. import runtime
-from ..apps.by_arch import require_arch
+from ..apps.by_arch import require_arch, require_tokenizer
 from ..data.prompt_format import PromptFormat, inference_prompt_format
 from ..finetune import attach_adapter, merge_for_inference
 from ..models.decoder import DecoderLM
@@ -234,7 +234,10 @@ def build_engine(job: ServeJob) -> tuple[Engine, ServedModels]:
                          "rename the cascade")
     model, tok = load_pretrained(job.model, served_dtype(job))
     require_arch(model, "serve", ("decoder", "encoder"))
+    require_tokenizer(tok, job.model, "serve")
     encoder = load_pretrained(job.embedding_model) if job.embedding_model else None
+    if encoder is not None:
+        require_tokenizer(encoder[1], job.embedding_model, "serve --embedding_model")
     cascades = {n: ServedCascade(load_cascade(spec, job)) for n, spec in specs.items()}
     if not isinstance(model, DecoderLM):  # an encoder given as --model: serve embeddings only
         if adapters or encoder is not None:

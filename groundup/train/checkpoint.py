@@ -20,6 +20,7 @@ import base64
 import json
 import os
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +73,12 @@ def _config_dict(model: nn.Module) -> dict[str, Any]:
             f"{type(model).__name__} has no .config with to_dict(); checkpoints record the model config "
             "so they can be rebuilt: build the model with groundup.models.build_model or set model.config"
         )
-    return cfg.to_dict()
+    saved = cfg.to_dict()
+    from groundup.models.encoder import BODY_KEY, Encoder
+
+    if isinstance(model, Encoder):  # a body alone (e.g. MiniLM's BertModel): rebuilt as one, pooler and all
+        saved["extra"] = {**saved["extra"], BODY_KEY: {"pooler": model.pooler is not None}}
+    return saved
 
 
 def _fsync(path: Path) -> None:
@@ -81,6 +87,27 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def staging_dir(path: Path) -> Path:
+    """A fresh temp directory beside `path` to write into, then usual_modes(), then rename into place."""
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+
+
+def usual_modes(folder: Path) -> None:
+    """Give `folder` and the files in it the modes a plain mkdir / open give here (0755 / 0644 under the usual umask
+    022): mkdtemp makes the folder owner-only (0700) and safetensors its files (0600), which others cannot read.
+    The modes come from probes, so the umask is never changed (os.umask would change it for every thread)."""
+    probe_dir, probe_file = folder / ".mode-dir", folder / ".mode-file"
+    probe_dir.mkdir()
+    os.close(os.open(probe_file, os.O_CREAT | os.O_WRONLY, 0o666))
+    dir_mode, file_mode = stat.S_IMODE(probe_dir.stat().st_mode), stat.S_IMODE(probe_file.stat().st_mode)
+    probe_dir.rmdir()
+    probe_file.unlink()
+    for f in folder.iterdir():
+        if f.is_file():
+            os.chmod(f, file_mode)
+    os.chmod(folder, dir_mode)
 
 
 def _old_path(path: Path) -> Path:
@@ -117,6 +144,7 @@ def _write_files(
     if optimizer is not None:
         torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+    usual_modes(tmp)
     for f in tmp.iterdir():
         _fsync(f)
     _fsync(tmp)
@@ -138,8 +166,7 @@ def save_checkpoint(
     model = unwrap(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     _recover(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; the checkpoint should read like any directory
+    tmp = staging_dir(path)
     old = _old_path(path)
     moved_old = False
     try:
@@ -190,9 +217,12 @@ def _require_files(path: Path, names: list[str]) -> None:
 
 def _build_from_config(saved: dict[str, Any]) -> nn.Module:
     from groundup.config import ModelConfig
-    from groundup.models import build_model
+    from groundup.models import Encoder, build_model
+    from groundup.models.encoder import BODY_KEY
 
-    model = build_model(ModelConfig.from_dict(saved))
+    cfg = ModelConfig.from_dict(saved)
+    body = cfg.extra.get(BODY_KEY)
+    model = Encoder(cfg, pooler=bool(body.get("pooler"))) if isinstance(body, dict) else build_model(cfg)
     quantized = (saved.get("extra") or {}).get("quantization")
     if quantized:  # saved from a quantized model: the same QuantLinear layers, so its weights load
         from groundup.quant import rebuild_quantized
