@@ -7,8 +7,12 @@ flags (dotted for nested sections: --train.lr=3e-4, --model.n_layer=4).
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
+import re
 import shlex
 import sys
+import textwrap
 import typing
 import warnings
 from collections.abc import Callable
@@ -235,14 +239,39 @@ def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
 def _help(name: str, cls: type, fn: Callable, examples: str) -> str:
     lines = [f"usage: groundup {name} [--config FILE.yaml] [--key=value ...]", "", (fn.__doc__ or "").strip(), ""]
     aliased = getattr(cls, "CLI_FLAGS", {})  # set through another option, which the list shows
+    options: list[tuple[str, str]] = []
+    notes = field_comments(cls)
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         if dataclasses.is_dataclass(default):
-            lines += [f"  --{f.name}.{k}={v!r}" for k, v in dataclasses.asdict(default).items()
-                      if f"{f.name}.{k}" not in aliased]
+            sub = field_comments(type(default))
+            options += [(f"--{f.name}.{k}={v!r}", sub.get(k, "")) for k, v in dataclasses.asdict(default).items()
+                        if f"{f.name}.{k}" not in aliased]
         else:
-            lines.append(f"  --{f.name}={default!r}")
+            options.append((f"--{f.name}={default!r}", notes.get(f.name, "")))
+    width = min(max(len(flag) for flag, _ in options), 40)
+    lines += [f"  {flag:{width}s}  {note}".rstrip() for flag, note in options]
     return "\n".join(lines + ["", "examples:", examples.strip("\n")])
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """A dataclass's field comments (`name: type = default  # what it is`): what --help says of each option."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    out = {}
+    for line in source.splitlines():
+        match = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.+)$", line)
+        if match and match.group(1) not in out:
+            out[match.group(1)] = match.group(2).strip()
+    return out
+
+
+def summary(fn: Callable) -> str:
+    """A command's description: the first sentence of its docstring, whole (it may wrap in the source)."""
+    text = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())
+    return re.split(r"(?<=\.)\s", text, maxsplit=1)[0]
 
 
 def _commands() -> dict[str, tuple[type, Callable, str]]:
@@ -269,15 +298,20 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     commands = _commands()
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print("usage: groundup COMMAND [--help] [--key=value ...]\n\ncommands:")
-        for name, (_, fn, _) in commands.items():
-            print(f"  {name:16s} {(fn.__doc__ or '').strip().splitlines()[0]}")
+        print(_command_list(commands))
         return 0
     name, rest = argv[0], argv[1:]
     if rest and f"{name} {rest[0]}" in commands:  # two-word commands: `groundup data clean`
         name, rest = f"{name} {rest[0]}", rest[1:]
+    group = {k: v for k, v in commands.items() if k.startswith(f"{name} ")}
+    if name not in commands and group and (not rest or rest[0] in ("-h", "--help")):  # `groundup data --help`
+        print(_command_list(group, f"groundup {name} SUBCOMMAND"))
+        return 0
     if name not in commands:
-        print(f"groundup: unknown command {name!r}; commands: {', '.join(commands)}", file=sys.stderr)
+        near = difflib.get_close_matches(name, {*commands, *(k.split()[0] for k in commands)}, n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        print(f"groundup: unknown command {' '.join(argv[:2]) if group else name!r}; {hint}commands: "
+              f"{', '.join(commands)}", file=sys.stderr)
         return 2
     cls, fn, examples = commands[name]
     if "-h" in rest or "--help" in rest:
@@ -301,6 +335,14 @@ def main(argv: list[str] | None = None) -> int:
         print(interrupted_line(name, rest, job, e), file=sys.stderr)
         return 130
     return 0
+
+
+def _command_list(commands: dict[str, tuple[type, Callable, str]], usage: str = "groundup COMMAND") -> str:
+    lines = [f"usage: {usage} [--help] [--key=value ...]", "", "commands:"]
+    for name, (_, fn, _) in commands.items():
+        wrapped = textwrap.wrap(summary(fn), 100)
+        lines += [f"  {name:16s} {wrapped[0]}", *(f"  {'':16s} {more}" for more in wrapped[1:])]
+    return "\n".join(lines)
 
 
 def interrupted_line(name: str, argv: list[str], job: Any, err: KeyboardInterrupt) -> str:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import json
 from pathlib import Path
@@ -62,9 +63,11 @@ def load_pretrained(path_or_id: str | Path, dtype: torch.dtype = torch.float32) 
 
         model, tokenizer = from_hub(str(path_or_id))
     else:
+        near = difflib.get_close_matches(str(path_or_id), PACKAGED, n=1)
         raise FileNotFoundError(
             f"{path_or_id}: not a checkpoint directory, a .gguf file or a hub id (org/name); "
-            "pass a groundup checkpoint (e.g. runs/quickstart/ckpt), a Hugging Face model folder, a GGUF file or "
+            + (f"did you mean {near[0]!r}? " if near else "")
+            + "pass a groundup checkpoint (e.g. runs/quickstart/ckpt), a Hugging Face model folder, a GGUF file or "
             f"a packaged model name ({', '.join(PACKAGED)})"
         )
     return model.to(dtype).eval(), tokenizer

@@ -1,0 +1,44 @@
+"""What `--help` tells a new user, and the near misses it catches (through the CLI, as the user meets them)."""
+
+from __future__ import annotations
+
+import pytest
+from test_cli import groundup
+
+from groundup.cli import field_comments, summary
+from groundup.jobs import COMMANDS, GenerateJob
+
+
+def test_the_command_list_gives_each_command_its_whole_first_sentence():
+    done = groundup("--help")
+    assert done.returncode == 0
+    listed = " ".join(done.stdout.split())  # wrapped lines joined back
+    for name, (_, fn, _) in COMMANDS.items():
+        first = summary(fn)
+        assert first.endswith(".") and f"{name} {first}" in listed, name
+    assert "LoRA, cascades)." in listed  # serve's line used to stop mid-sentence
+
+
+def test_options_are_listed_with_the_comment_their_field_has_in_the_source():
+    assert field_comments(GenerateJob)["adapter"].startswith("an adapter folder")
+    done = groundup("generate", "--help")
+    line = next(x for x in done.stdout.splitlines() if x.strip().startswith("--dtype="))
+    assert "auto (fastest here" in line
+    train = next(x for x in groundup("pretrain", "--help").stdout.splitlines() if "--train.dtype=" in x)
+    assert "auto = fastest here" in train  # a nested section's fields have theirs too
+
+
+def test_data_help_lists_the_data_subcommands():
+    done = groundup("data", "--help")
+    assert done.returncode == 0, done.stderr
+    assert all(f"data {sub}" in done.stdout for sub in ("clean", "augment", "arithmetic"))
+
+
+@pytest.mark.parametrize("args, hint", [
+    (["dat", "clean"], "did you mean 'data'?"),
+    (["genrate"], "did you mean 'generate'?"),
+    (["generate", "--model", "smollm2-135m-instruc"], "did you mean 'smollm2-135m-instruct'?"),
+])
+def test_a_near_miss_gets_a_did_you_mean(args, hint):
+    done = groundup(*args)
+    assert done.returncode == 2 and hint in done.stderr and "Traceback" not in done.stderr
