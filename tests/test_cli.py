@@ -2,13 +2,11 @@
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from cli_helpers import groundup
 
 from groundup.cli import CLIError, parse_job
 from groundup.pretrain import PretrainJob
@@ -16,12 +14,6 @@ from groundup.pretrain import PretrainJob
 TINY = ["--model.preset=gpt-tiny", "--model.n_layer=1", "--model.d_model=32", "--model.block_size=32"]
 FAST = ["--train.max_steps=6", "--train.batch_size=4", "--train.eval_every=3", "--train.eval_batches=2",
         "--train.progress=false", "--train.log_every=1", "--train.warmup_steps=2"]
-
-
-def groundup(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "groundup", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=300)
 
 
 @pytest.fixture(scope="module")

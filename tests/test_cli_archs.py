@@ -6,16 +6,14 @@ stop with a message (learned positions)."""
 from __future__ import annotations
 
 import math
-import os
 import re
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_helpers import groundup as groundup_cli
 
 import groundup
 from groundup.generate import ContextLimitWarning, GenerationConfig, generate, sample
@@ -27,10 +25,6 @@ FAST = ["--train.batch_size=4", "--train.eval_every=0", "--train.progress=false"
 SOURCES = ["abcdef", "hello", "qwerty"]
 
 
-def groundup_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "groundup", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
 
 
 def pretrain(out: Path, *args: str) -> Path:

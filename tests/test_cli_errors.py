@@ -6,24 +6,19 @@ from __future__ import annotations
 
 import json
 import os
-import string
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
+from cli_helpers import char_checkpoint, counting_jsonl
 
 from groundup.cli import CLIError, parse_job, parse_list
 from groundup.cli_flags import as_flags, flag_names
-from groundup.config import preset
 from groundup.finetune import FinetuneJob
 from groundup.jobs import GenerateJob
-from groundup.models import build_model
 from groundup.pretrain import PretrainJob
 from groundup.quickstart import QuickstartJob
-from groundup.tokenizer import char_tokenizer
-from groundup.train import save_checkpoint
 
 TESTS = Path(__file__).resolve().parent
 FAST = ["--train.max_steps=1", "--train.batch_size=2", "--train.eval_every=0", "--train.progress=false",
@@ -81,17 +76,12 @@ def refused(result: dict | subprocess.CompletedProcess) -> str:
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
-    tok = char_tokenizer(string.printable, special_tokens=["<|endoftext|>"])
-    torch.manual_seed(0)
-    model = build_model(preset("gpt-tiny", vocab_size=tok.vocab_size, n_layer=1, d_model=32, n_head=4, block_size=64))
-    return save_checkpoint(tmp_path_factory.mktemp("base") / "ckpt", model, tokenizer=tok)
+    return char_checkpoint(tmp_path_factory.mktemp("base") / "ckpt")
 
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "train.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"{i} + 1 =", "completion": str(i + 1)}) + "\n" for i in range(6)))
-    return path
+    return counting_jsonl(tmp_path_factory.mktemp("data") / "train.jsonl", 6)
 
 
 # --- A: the flag, not the Python spelling --------------------------------------------------------------------

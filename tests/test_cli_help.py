@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_cli import groundup
+from cli_helpers import groundup
 
 from groundup.cli import field_comments, summary
 from groundup.jobs import COMMANDS, GenerateJob

@@ -1,9 +1,8 @@
 """chat, convert and embed from the command line, on the real weights that ship in registry packages."""
 
-import os
 import subprocess
-import sys
 
+import cli_helpers
 import numpy as np
 import pytest
 import torch
@@ -14,9 +13,7 @@ pytestmark = pytest.mark.real_weights
 
 
 def groundup(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "groundup", *args], input=stdin, capture_output=True, text=True,
-                          env=env, timeout=600)
+    return cli_helpers.groundup(*args, stdin=stdin, timeout=600)
 
 
 def test_chat_answers_paris_and_keeps_the_conversation():

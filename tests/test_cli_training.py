@@ -9,7 +9,6 @@ import json
 import os
 import shlex
 import signal
-import string
 import subprocess
 import sys
 import time
@@ -17,12 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import char_checkpoint, counting_jsonl
 from safetensors.torch import load_file
-
-from groundup.config import preset
-from groundup.models import build_model
-from groundup.tokenizer import char_tokenizer
-from groundup.train import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--model.n_layer=1", "--model.d_model=32", "--model.block_size=32", "--train.batch_size=4",
@@ -153,17 +148,12 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path):
 # --- finetune ---------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
-    tok = char_tokenizer(string.printable, special_tokens=["<|endoftext|>"])
-    torch.manual_seed(0)
-    model = build_model(preset("gpt-tiny", vocab_size=tok.vocab_size, n_layer=1, d_model=32, n_head=4, block_size=64))
-    return save_checkpoint(tmp_path_factory.mktemp("base") / "ckpt", model, tokenizer=tok)
+    return char_checkpoint(tmp_path_factory.mktemp("base") / "ckpt")
 
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "train.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"{i} + 1 =", "completion": str(i + 1)}) + "\n" for i in range(8)))
-    return path
+    return counting_jsonl(tmp_path_factory.mktemp("data") / "train.jsonl", 8)
 
 
 def test_finetune_without_the_progress_bar_prints_its_losses(base, records, tmp_path):

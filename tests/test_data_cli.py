@@ -8,15 +8,14 @@ dates or versions) and counts tokens with the tokenizer --tokenizer names.
 from __future__ import annotations
 
 import json
-import os
 import re
 import string
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import groundup
 
 from groundup.config import preset
 from groundup.data import load_instructions
@@ -28,12 +27,6 @@ from groundup.train import save_checkpoint
 FRENCH = {"cat": "chat", "dog": "chien", "house": "maison", "irrigate": "irriguer", "water": "eau",
           "horse": "cheval", "bread": "pain", "apple": "pomme"}
 FREE = "Please could you kindly translate this short little word into French for me: tree"
-
-
-def groundup(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "groundup", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
 
 
 def write(path: Path, records: list[dict]) -> Path:

@@ -5,41 +5,22 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import string
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import char_checkpoint, groundup
 from torch.testing import assert_close
 
-from groundup.config import preset
 from groundup.data import DEFAULT_SEPARATOR, augment_records
 from groundup.finetune import attach_adapter, greedy_completions
 from groundup.jobs import AugmentJob, augment_cli
 from groundup.loading import load_pretrained
-from groundup.models import build_model
-from groundup.tokenizer import char_tokenizer
-from groundup.train import save_checkpoint
-
-
-def groundup(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "groundup", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
-    tok = char_tokenizer(string.printable, special_tokens=["<|endoftext|>"])
-    torch.manual_seed(0)
-    model = build_model(preset("gpt-tiny", vocab_size=tok.vocab_size, n_layer=2, d_model=32, n_head=4, block_size=64))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(3.0)  # livelier than the 0.02-std init, so a few steps move the loss
-    return save_checkpoint(tmp_path_factory.mktemp("base") / "ckpt", model, tokenizer=tok)
+    return char_checkpoint(tmp_path_factory.mktemp("base") / "ckpt", n_layer=2, scale=3.0)
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import builtins
 import json
-import os
-import string
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,32 +13,23 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from cli_helpers import char_checkpoint, groundup
 from serve_helpers import running_server
 
 import groundup.chat as chat_module
 from groundup.chat import CHAT_TEMPLATES, apply_chat_template
 from groundup.cli import main
-from groundup.config import preset
 from groundup.data import DEFAULT_SEPARATOR
 from groundup.data.instruct_jsonl import ALPACA_PROMPT_NO_INPUT
 from groundup.data.prompt_format import PromptFormat, prompt_format_for, read_prompt_format, save_prompt_format
 from groundup.embed import embed_texts
 from groundup.loading import load_pretrained
-from groundup.models import build_model
 from groundup.serve.app import create_app
 from groundup.serve.engine import EngineConfig
 from groundup.serve.server import ServeJob, build_engine
-from groundup.tokenizer import char_tokenizer
-from groundup.train import save_checkpoint
 
 PAIRS = {"cat": "chat", "dog": "chien", "house": "maison", "water": "eau"}
 ASK = "Translate to French: {}"
-
-
-def groundup(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "groundup", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -56,13 +44,7 @@ def one_thread_for_the_module():
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     """A tiny random GPT with a character tokenizer and no chat template; lively enough to memorise PAIRS."""
-    tok = char_tokenizer(string.printable, special_tokens=["<|endoftext|>"])
-    torch.manual_seed(0)
-    model = build_model(preset("gpt-tiny", vocab_size=tok.vocab_size, n_layer=2, d_model=32, n_head=4, block_size=64))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(3.0)
-    return save_checkpoint(tmp_path_factory.mktemp("base") / "ckpt", model, tokenizer=tok)
+    return char_checkpoint(tmp_path_factory.mktemp("base") / "ckpt", n_layer=2, scale=3.0)
 
 
 @pytest.fixture(scope="module")
