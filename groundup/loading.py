@@ -59,7 +59,7 @@ def load_pretrained(path_or_id: str | Path, dtype: torch.dtype = torch.float32) 
 
         model, tokenizer, _ = load_gguf(path)
     elif not path.exists() and str(path_or_id).count("/") == 1 and not str(path_or_id).startswith((".", "/")):
-        from .interop.hf import from_hub
+        from .interop.hub import from_hub
 
         model, tokenizer = from_hub(str(path_or_id))
     else:
