@@ -41,3 +41,9 @@ def counting_jsonl(out: Path, n: int) -> Path:
     """n instruction records "i + 1 =" -> "i+1" at `out`."""
     out.write_text("".join(json.dumps({"prompt": f"{i} + 1 =", "completion": str(i + 1)}) + "\n" for i in range(n)))
     return out
+
+
+def hamlet_corpus(out: Path) -> Path:
+    """A tiny, learnable text file: one line of Hamlet, 200 times."""
+    out.write_text("To be, or not to be, that is the question.\n" * 200)
+    return out

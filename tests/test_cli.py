@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_helpers import groundup
+from cli_helpers import groundup, hamlet_corpus
 
 from groundup.cli import CLIError, parse_job
 from groundup.pretrain import PretrainJob
@@ -18,9 +18,7 @@ FAST = ["--train.max_steps=6", "--train.batch_size=4", "--train.eval_every=3", "
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("corpus") / "text.txt"
-    path.write_text("To be, or not to be, that is the question.\n" * 200)
-    return path
+    return hamlet_corpus(tmp_path_factory.mktemp("corpus") / "text.txt")
 
 
 @pytest.fixture(scope="module")

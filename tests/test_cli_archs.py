@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from cli_helpers import groundup as groundup_cli
+from cli_helpers import hamlet_corpus
 
 import groundup
 from groundup.generate import ContextLimitWarning, GenerationConfig, generate, sample
@@ -35,9 +36,7 @@ def pretrain(out: Path, *args: str) -> Path:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("corpus") / "text.txt"
-    path.write_text("To be, or not to be, that is the question.\n" * 200)
-    return path
+    return hamlet_corpus(tmp_path_factory.mktemp("corpus") / "text.txt")
 
 
 @pytest.fixture(scope="module")

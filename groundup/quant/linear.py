@@ -1,7 +1,7 @@
 """QuantLinear: a frozen linear layer whose weight is stored int8 / int4 / NF4 (formats.py), as buffers.
 
     x ─┬─ CPU, int8 / int4: fused weight-only kernel (torch._weight_int8pack_mm / _weight_int4pack_mm_for_cpu),
-       │     activations in bf16 (runtime.quant_activation_dtype: fp32 ones take a scalar loop, 6-70x slower)
+       │     activations in bf16 (runtime.quant_activation_dtype: fp32 ones ran 7-80x slower)
        └─ elsewhere (GPU, NF4, use_kernel=False): dequantize to the compute dtype, then F.linear  (the reference)
     ─> + bias ─> y
 
