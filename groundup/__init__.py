@@ -1,17 +1,16 @@
 """groundup: large language models from the ground up, carried all the way to real use."""
 
-from .chat import Chat, apply_chat_template
-from .config import ModelConfig, preset
-from .generate import GenerationConfig, generate, generate_text, stream_text
-from .generate_seq2seq import translate_text
-from .loading import load_pretrained
-from .models import build_model
-from .quant import quantize
-from .serve.cascade import Cascade
+from .lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ModelConfig", "preset", "build_model", "load_pretrained", "GenerationConfig", "generate", "generate_text",
-    "stream_text", "translate_text", "Chat", "apply_chat_template", "quantize", "Cascade",
-]
+__all__ = lazy_exports(__name__, {
+    ".chat": "Chat apply_chat_template",
+    ".config": "ModelConfig preset",
+    ".generate": "GenerationConfig generate generate_text stream_text",
+    ".generate_seq2seq": "translate_text",
+    ".loading": "load_pretrained",
+    ".models": "build_model",
+    ".quant": "quantize",
+    ".serve.cascade": "Cascade",
+})

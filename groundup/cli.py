@@ -1,4 +1,4 @@
-"""The command line: a table of subcommand -> (job dataclass, library function).
+"""The command line: a table of subcommand -> job dataclass + the library function it runs (groundup.jobs).
 
 A job's settings come from its dataclass defaults, then a YAML file (--config), then --key=value
 flags (dotted for nested sections: --train.lr=3e-4, --model.n_layer=4).
@@ -15,14 +15,16 @@ import sys
 import textwrap
 import typing
 import warnings
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .cli_flags import FlagNames, as_flags, flag_names
 from .cli_flags import field_types as _field_types
+
+if TYPE_CHECKING:
+    from .jobs import Command
 
 
 class CLIError(ValueError):
@@ -236,8 +238,8 @@ def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
             into[k] = v
 
 
-def _help(name: str, cls: type, fn: Callable, examples: str) -> str:
-    lines = [f"usage: groundup {name} [--config FILE.yaml] [--key=value ...]", "", (fn.__doc__ or "").strip(), ""]
+def _help(name: str, cls: type, examples: str) -> str:
+    lines = [f"usage: groundup {name} [--config FILE.yaml] [--key=value ...]", "", inspect.getdoc(cls) or "", ""]
     aliased = getattr(cls, "CLI_FLAGS", {})  # set through another option, which the list shows
     options: list[tuple[str, str]] = []
     notes = field_comments(cls)
@@ -268,16 +270,16 @@ def field_comments(cls: type) -> dict[str, str]:
     return out
 
 
-def summary(fn: Callable) -> str:
-    """A command's description: the first sentence of its docstring, whole (it may wrap in the source)."""
-    text = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())
+def summary(job: type) -> str:
+    """A command's description: the first sentence of its job's docstring, whole (it may wrap in the source)."""
+    text = " ".join((job.__doc__ or "").strip().split("\n\n")[0].split())
     return re.split(r"(?<=\.)\s", text, maxsplit=1)[0]
 
 
-def _commands() -> dict[str, tuple[type, Callable, str]]:
-    from . import jobs
+def _commands() -> dict[str, Command]:
+    from .jobs import COMMANDS  # the job dataclasses only: a command's own modules load when it runs
 
-    return jobs.COMMANDS
+    return COMMANDS
 
 
 def _brief_warnings(command: str, names: FlagNames) -> None:
@@ -313,18 +315,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"groundup: unknown command {' '.join(argv[:2]) if group else name!r}; {hint}commands: "
               f"{', '.join(commands)}", file=sys.stderr)
         return 2
-    cls, fn, examples = commands[name]
+    cls = commands[name].job
     if "-h" in rest or "--help" in rest:
-        print(_help(name, cls, fn, examples))
+        print(_help(name, cls, commands[name].examples))
         return 0
-    from .train import CheckpointError
+    from .train.checkpoint import CheckpointError
 
     names = flag_names(cls)
     _brief_warnings(name, names)
     job = None
     try:
         job = parse_job(cls, rest)
-        fn(job)
+        commands[name].function()(job)
     except CLIError as e:
         print(f"groundup {name}: error: {e}", file=sys.stderr)
         return 2
@@ -337,10 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _command_list(commands: dict[str, tuple[type, Callable, str]], usage: str = "groundup COMMAND") -> str:
+def _command_list(commands: dict[str, Command], usage: str = "groundup COMMAND") -> str:
     lines = [f"usage: {usage} [--help] [--key=value ...]", "", "commands:"]
-    for name, (_, fn, _) in commands.items():
-        wrapped = textwrap.wrap(summary(fn), 100)
+    for name, command in commands.items():
+        wrapped = textwrap.wrap(summary(command.job), 100)
         lines += [f"  {name:16s} {wrapped[0]}", *(f"  {'':16s} {more}" for more in wrapped[1:])]
     return "\n".join(lines)
 

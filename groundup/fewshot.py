@@ -26,10 +26,10 @@ from .apps.by_arch import require_arch, require_tokenizer
 from .data.arithmetic import exact_match
 from .data.instruct import load_instructions
 from .finetune import greedy_completions
+from .jobs.use import FEWSHOT_TEMPLATE, FewShotJob
 from .loading import load_pretrained
 from .tokenizer import Tokenizer
 
-DEFAULT_TEMPLATE = "Q: {prompt}\nA: {completion}"
 Pair = tuple[str, str]
 
 
@@ -56,7 +56,7 @@ def _pairs(examples: Sequence[Pair] | Sequence[dict]) -> list[Pair]:
 
 
 def build_fewshot_prompt(examples: Sequence[Pair] | Sequence[dict], query: str, k: int,
-                         template: str = DEFAULT_TEMPLATE, seed: int = 0, separator: str = "\n\n") -> str:
+                         template: str = FEWSHOT_TEMPLATE, seed: int = 0, separator: str = "\n\n") -> str:
     """k shots drawn (with `seed`, without replacement) from `examples` ((prompt, completion) pairs or
     {"prompt", "completion"} dicts), every example whose prompt is the query left out, each rendered with
     `template`; then the query rendered with the template up to {completion}. The same seed gives the
@@ -79,7 +79,7 @@ class FewShotResult:
 
 
 def fewshot_exact_match(model: nn.Module, tokenizer: Tokenizer, shots: Sequence[Pair] | Sequence[dict],
-                        tests: Sequence[Pair] | Sequence[dict], k: int, template: str = DEFAULT_TEMPLATE,
+                        tests: Sequence[Pair] | Sequence[dict], k: int, template: str = FEWSHOT_TEMPLATE,
                         seed: int = 0, max_new_tokens: int = 16, separator: str = "\n\n",
                         batch_size: int = 8) -> FewShotResult:
     """Exact-match accuracy of greedy k-shot answers to `tests`; query i draws its shots with seed + i."""
@@ -102,18 +102,6 @@ def load_pairs(path: str | Path) -> list[Pair]:
     return [(e.prompt, e.completion) for e in examples]
 
 
-@dataclass
-class FewShotJob:
-    model: str = "smollm2-135m-instruct"
-    shots: str = ""  # JSONL the shots are drawn from (e.g. train.jsonl)
-    data: str = ""  # JSONL of test questions (e.g. test.jsonl)
-    k: int = 4
-    template: str = DEFAULT_TEMPLATE
-    seed: int = 0
-    max_new_tokens: int = 16
-    limit: int | None = 50  # evaluate the first N test questions (None = all)
-
-
 def fewshot(job: FewShotJob) -> FewShotResult:
     """Few-shot prompting: exact-match accuracy of a model given k solved examples per question (no training)."""
     if not job.shots or not job.data:
@@ -127,5 +115,5 @@ def fewshot(job: FewShotJob) -> FewShotResult:
     return result
 
 
-__all__ = ["DEFAULT_TEMPLATE", "FewShotJob", "FewShotResult", "build_fewshot_prompt", "fewshot", "fewshot_exact_match",
+__all__ = ["FEWSHOT_TEMPLATE", "FewShotJob", "FewShotResult", "build_fewshot_prompt", "fewshot", "fewshot_exact_match",
            "load_pairs"]

@@ -20,9 +20,8 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal, get_args
 
 import torch
 from torch import nn
@@ -32,9 +31,10 @@ from .apps.by_arch import require_arch
 from .apps.export import check_out, out_dtype, write_model
 from .chat import chat_template_from
 from .data.arithmetic import exact_match
-from .data.instruct import DEFAULT_SEPARATOR, FORMATS, InstructData, load_instructions
-from .data.prompt_format import PromptFormat, prompt_format_for, read_prompt_format, save_prompt_format
+from .data.instruct import DEFAULT_SEPARATOR, InstructData, load_instructions
+from .data.prompt_format import PromptFormat, carry_prompt_format, prompt_format_for, save_prompt_format
 from .generate import GenerationConfig, context_room, generate_text
+from .jobs.train import METHODS, DataOptions, FinetuneJob, MergeJob, PeftOptions
 from .loading import load_pretrained
 from .peft import (
     BitFitConfig,
@@ -51,70 +51,14 @@ from .peft import (
     summary,
 )
 from .peft.api import peft_state
-from .quant import FORMATS as QUANT_FORMATS
 from .quant import quantize
 from .tokenizer import Tokenizer
 from .train import TrainConfig, TrainResult, save_checkpoint, train
 
-Method = Literal["full", "lora", "prompt", "prefix", "ia3", "bitfit"]
-METHODS: tuple[str, ...] = get_args(Method)
 # Peak learning rates that work for each method (peft / paper defaults); TrainConfig's own default lr means
 # "use this", any other train.lr is taken as given.
 METHOD_LR = {"full": 5e-5, "lora": 5e-4, "ia3": 3e-3, "bitfit": 1e-3, "prompt": 3e-2, "prefix": 1e-2}
 HF_LAYOUT = ("lora", "ia3", "prompt")  # methods groundup.interop.peft_format can write
-
-
-@dataclass
-class PeftOptions:
-    """Options of the PEFT methods (each method reads its own; None = the method's default)."""
-
-    r: int = 8  # lora rank
-    alpha: float = 16.0  # lora scaling alpha / r
-    dropout: float = 0.0  # lora dropout
-    target_modules: list[str] | None = None  # module-name patterns (lora, ia3, bitfit)
-    feedforward_modules: list[str] | None = None  # ia3: modules scaled on their input
-    n_virtual_tokens: int = 20  # prompt / prefix
-    prompt_init_text: str | None = None  # prompt: start from these words' embeddings (else random)
-    prefix_hidden: int | None = 512  # prefix: reparameterisation MLP width (None = train prefixes directly)
-
-
-@dataclass
-class DataOptions:
-    path: str = ""  # instruction JSONL: prompt/completion, Alpaca, or chat messages
-    fmt: str = "auto"  # auto | prompt_completion | alpaca | chat
-    skip_bad: bool = False  # skip (and list) malformed lines instead of stopping at the first
-    pack: bool = False  # pack several examples per row
-    val_fraction: float = 0.1
-    block_size: int | None = None  # longest row; None = the model's context (less any virtual tokens)
-    separator: str = DEFAULT_SEPARATOR  # between prompt and completion (prompt/completion records)
-    template: str | None = None  # chat records: a chat template name (chatml, plain) or Jinja file; None = the model's
-
-
-@dataclass
-class FinetuneJob:
-    model: str = "smollm2-135m-instruct"  # base model: checkpoint dir, HF dir, .gguf, or packaged name
-    method: Method = "lora"
-    peft: PeftOptions = field(default_factory=PeftOptions)
-    data: DataOptions = field(default_factory=DataOptions)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        max_steps=200, batch_size=8, warmup_steps=10, eval_every=50, eval_batches=4, ckpt_every=100))
-    out_dir: str = "runs/finetune"  # every output goes here (train.out_dir follows it)
-    eval_data: str = ""  # JSONL whose exact-match accuracy is reported after training ("" = none)
-    eval_max_new_tokens: int = 32
-    quantize: str = ""  # "" (float base) | int8 | int4 | nf4: a frozen quantized base (QLoRA: nf4 + lora)
-    CLI_FLAGS: ClassVar[dict[str, str]] = {"train.out_dir": "out_dir"}  # --train.out_dir means --out_dir
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method={self.method!r} is unknown; use one of {list(METHODS)}")
-        if self.quantize and self.quantize not in QUANT_FORMATS:
-            raise ValueError(f"quantize={self.quantize!r} is unknown; use one of {list(QUANT_FORMATS)} or leave it "
-                             "empty for a float base")
-        if self.quantize and self.method == "full":
-            raise ValueError(f"quantize={self.quantize!r} freezes the base weights, so method='full' has nothing to "
-                             "train; use --method lora (QLoRA), ia3, prompt or prefix, or drop --quantize")
-        if self.data.fmt != "auto" and self.data.fmt not in FORMATS:
-            raise ValueError(f"data.fmt={self.data.fmt!r} is unknown; use 'auto' or one of {list(FORMATS)}")
 
 
 @dataclass
@@ -361,16 +305,6 @@ def finetune(job: FinetuneJob) -> FinetuneResult:
                           exact_match=accuracy, **saved)
 
 
-@dataclass
-class MergeJob:
-    model: str = ""  # the base model the adapter was trained on
-    adapter: str = ""  # an adapter folder (groundup or Hugging Face PEFT layout)
-    out: str = ""  # the directory to write
-    to: Literal["groundup", "hf"] = "groundup"
-    dtype: str = "fp32"  # the written weights (merged in fp32): fp32 | bf16 | auto (fastest for inference here)
-    overwrite: bool = False  # replace an existing, non-empty --out
-
-
 def merge_adapter(job: MergeJob) -> Path:
     """Fold a LoRA / IA3 / BitFit adapter into its base model's weights and save the plain model."""
     if not job.model or not job.adapter or not job.out:
@@ -386,9 +320,7 @@ def merge_adapter(job: MergeJob) -> Path:
         raise PeftError(f"a {method}-tuning adapter cannot be merged: it enters through the model's inputs, not its "
                         "weights; use it unmerged (groundup generate --adapter)")
     written = write_model(merge_and_unload(model), tok, out, job.to, dtype)
-    fmt = read_prompt_format(job.adapter)
-    if fmt is not None:  # the merged model is prompted as the adapter was
-        save_prompt_format(fmt, written)
+    carry_prompt_format(job.adapter, written)  # the merged model is prompted as the adapter was
     print(f"merged {job.adapter} ({method}) into {job.model}; wrote {written}")
     return written
 

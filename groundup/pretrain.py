@@ -7,38 +7,20 @@ file and Python all describe a run the same way.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import torch
 
-from .config import ConfigError, ModelConfig, preset
+from .config import ConfigError, preset
 from .data import MLMData, Seq2SeqData, prepare_lm_data, read_text_corpus, reversal_pairs, shakespeare_path
+from .jobs.train import DataSpec, PretrainJob
 from .models import build_model
 from .tokenizer import Tokenizer, char_tokenizer, load_tokenizer, train_bpe, train_wordpiece
-from .train import TrainConfig, TrainResult, check_out_dir, train
+from .train import TrainResult, check_out_dir, train
 
 OBJECTIVE = {"decoder": "causal_lm", "encoder": "mlm_nsp", "seq2seq": "seq2seq"}
 SEQ2SEQ_SPECIALS = ("<pad>", "<bos>", "<eos>")
-
-
-@dataclass
-class DataSpec:
-    corpus: str = ""  # a UTF-8 text file ("" = the Shakespeare corpus shipped with groundup)
-    tokenizer: Literal["char", "bpe", "wordpiece"] = "char"
-    vocab_size: int = 2048  # bpe / wordpiece only
-    task: Literal["text", "reversal", "pairs"] = "text"  # seq2seq: reverse random strings, or src<TAB>tgt lines
-    n_pairs: int = 20000  # reversal task size
-    val_fraction: float = 0.1
-
-
-@dataclass
-class PretrainJob:
-    model: dict[str, Any] = field(default_factory=lambda: {"preset": "gpt-shakespeare-char"})
-    data: DataSpec = field(default_factory=DataSpec)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/pretrain"))
-    CLI_SECTIONS: ClassVar[dict[str, type]] = {"model": ModelConfig}  # a preset's name + ModelConfig overrides
 
 
 def _tokenizer(spec: DataSpec, text: str, out_dir: Path, specials: tuple[str, ...] = ()) -> Tokenizer:

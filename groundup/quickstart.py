@@ -3,22 +3,11 @@ groundup, on a laptop CPU in a few minutes, then show what it learned."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from .generate import GenerationConfig, generate_text
+from .jobs.train import DataSpec, PretrainJob, QuickstartJob
 from .loading import load_pretrained
-from .pretrain import DataSpec, PretrainJob, pretrain
+from .pretrain import pretrain
 from .train import TrainConfig, TrainResult
-
-
-@dataclass
-class QuickstartJob:
-    out_dir: str = "runs/quickstart"
-    max_steps: int = 1700  # fits the wall-clock of nanoGPT's 2000-iteration CPU recipe (bench/quickstart_vs_nanogpt.py)
-    dtype: str = "auto"  # auto: fp32 on CPUs (at this size bf16 autocast's casts outweigh even AMX), bf16 on GPUs
-    seed: int = 1337
-    samples: int = 2
-    sample_tokens: int = 300
 
 
 def quickstart_job(job: QuickstartJob) -> PretrainJob:

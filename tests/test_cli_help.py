@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from cli_helpers import groundup
 
@@ -13,8 +16,8 @@ def test_the_command_list_gives_each_command_its_whole_first_sentence():
     done = groundup("--help")
     assert done.returncode == 0
     listed = " ".join(done.stdout.split())  # wrapped lines joined back
-    for name, (_, fn, _) in COMMANDS.items():
-        first = summary(fn)
+    for name, command in COMMANDS.items():
+        first = summary(command.job)
         assert first.endswith(".") and f"{name} {first}" in listed, name
     assert "LoRA, cascades)." in listed  # serve's line used to stop mid-sentence
 
@@ -42,3 +45,16 @@ def test_data_help_lists_the_data_subcommands():
 def test_a_near_miss_gets_a_did_you_mean(args, hint):
     done = groundup(*args)
     assert done.returncode == 2 and hint in done.stderr and "Traceback" not in done.stderr
+
+
+def test_help_answers_without_importing_torch():
+    """Every --help (and the command list) is read from the job dataclasses alone: torch, the models and the
+    data pipeline load only when a command runs (which is what made --help take seconds)."""
+    names = [name.split() for name in COMMANDS] + [["data"]]
+    probe = ("import contextlib, io, sys\nfrom groundup.cli import main\n"
+             f"for argv in [['--help'], *[[*name, '--help'] for name in {names!r}]]:\n"
+             "    with contextlib.redirect_stdout(io.StringIO()):\n        assert main(argv) == 0, argv\n"
+             "print(sorted(m for m in ('torch', 'tokenizers', 'safetensors') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

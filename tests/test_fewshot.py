@@ -12,7 +12,7 @@ import torch
 from groundup.config import preset
 from groundup.data import make_arithmetic_splits
 from groundup.fewshot import (
-    DEFAULT_TEMPLATE,
+    FEWSHOT_TEMPLATE,
     FewShotJob,
     build_fewshot_prompt,
     fewshot,
@@ -102,4 +102,4 @@ def test_smollm2_follows_the_answer_format_from_the_shots():
     assert all(p.strip().isdigit() for p in four.predictions), four.predictions  # the shots teach the format
     assert not all(p.strip().isdigit() for p in zero.predictions), zero.predictions
     assert four.accuracy > zero.accuracy
-    assert DEFAULT_TEMPLATE.split("{prompt}")[0] in four.prompts[0]
+    assert FEWSHOT_TEMPLATE.split("{prompt}")[0] in four.prompts[0]

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 from torch.testing import assert_close
 
+from groundup.apps.commands import generate_cli
 from groundup.config import preset
 from groundup.data import InstructData, InstructFormatError, load_instructions, make_arithmetic_splits
 from groundup.finetune import (
@@ -29,7 +30,7 @@ from groundup.finetune import (
     prepare_model,
     train_config,
 )
-from groundup.jobs import GenerateJob, generate_cli
+from groundup.jobs import GenerateJob
 from groundup.loading import load_pretrained
 from groundup.models import build_model
 from groundup.peft import LoraLinear

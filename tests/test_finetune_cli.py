@@ -12,9 +12,10 @@ import torch
 from cli_helpers import char_checkpoint, groundup
 from torch.testing import assert_close
 
+from groundup.apps.commands import augment_cli
 from groundup.data import DEFAULT_SEPARATOR, augment_records
 from groundup.finetune import attach_adapter, greedy_completions
-from groundup.jobs import AugmentJob, augment_cli
+from groundup.jobs import AugmentJob
 from groundup.loading import load_pretrained
 
 

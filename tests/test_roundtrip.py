@@ -26,7 +26,7 @@ from groundup.embed import embed_texts
 from groundup.loading import load_pretrained
 from groundup.serve.app import create_app
 from groundup.serve.engine import EngineConfig
-from groundup.serve.server import ServeJob, build_engine
+from groundup.serve.server import ServeJob, build_engine, load_cascade
 
 PAIRS = {"cat": "chat", "dog": "chien", "house": "maison", "water": "eau"}
 ASK = "Translate to French: {}"
@@ -111,6 +111,19 @@ def test_a_fully_fine_tuned_model_folder_formats_its_prompts_too(full, capsys):
     assert capsys.readouterr().out == ASK.format("dog") + DEFAULT_SEPARATOR + "chien\n"
 
 
+def test_a_converted_quantized_or_merged_result_keeps_the_prompt_format(base, lora, full, tmp_path, capsys):
+    written = {"convert": tmp_path / "hf", "quantize": tmp_path / "int8", "merge": tmp_path / "merged"}
+    assert main(["convert", f"--model={full}", f"--out={written['convert']}", "--to=hf"]) == 0
+    assert main(["quantize", f"--model={full}", f"--out={written['quantize']}", "--to=int8", "--dtype=fp32"]) == 0
+    assert main(["merge", f"--model={base}", f"--adapter={lora / 'adapter'}", f"--out={written['merge']}"]) == 0
+    capsys.readouterr()
+    for command, folder in written.items():
+        assert read_prompt_format(folder) == read_prompt_format(full), command
+    assert main(["generate", f"--model={written['convert']}", f"--prompt={ASK.format('dog')}", "--temperature=0",
+                 "--max_new_tokens=10"]) == 0
+    assert capsys.readouterr().out == ASK.format("dog") + DEFAULT_SEPARATOR + "chien\n"  # as the model it came from
+
+
 def test_serve_formats_prompts_to_the_adapter_and_leaves_the_base_alone(base, lora):
     job = ServeJob(model=str(base), name="base", adapter=[f"fr={lora / 'adapter'}"],
                    engine=EngineConfig(max_batch=2, max_seq_len=64))
@@ -131,6 +144,16 @@ def test_serve_formats_prompts_to_the_adapter_and_leaves_the_base_alone(base, lo
         assert r.json()["choices"][0]["message"]["content"] == "maison"
     assert build_engine(ServeJob(model=str(base), adapter=[f"fr={lora / 'adapter'}"], raw_prompt=True,
                                  engine=EngineConfig(max_batch=2, max_seq_len=64)))[1].prompt_formats == {}
+
+
+def test_a_cascade_member_with_an_adapter_is_prompted_as_it_was_fine_tuned(base, lora):
+    spec = {"members": [{"name": "small", "model": "base", "cost": {"per_parameter": True}, "max_new_tokens": 10},
+                        {"name": "fr", "model": "base", "adapter": str(lora / "adapter"),
+                         "cost": {"per_parameter": True}, "max_new_tokens": 10}], "thresholds": [0.0]}
+    small, fr = load_cascade(spec, ServeJob(model=str(base))).members
+    assert (small.template, fr.template) == ("{query}", "{query}" + DEFAULT_SEPARATOR)
+    assert fr.answer([ASK.format("water")])[0].text == "eau"
+    assert load_cascade(spec, ServeJob(model=str(base), raw_prompt=True)).members[1].template == "{query}"
 
 
 def test_alpaca_and_chat_data_record_their_templates_and_a_bad_record_is_named(tmp_path):

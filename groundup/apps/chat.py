@@ -5,27 +5,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from ..chat import Chat, chat_template_from
 from ..generate import GenerationConfig
+from ..jobs.use import ChatJob
 from .by_arch import require_arch, require_tokenizer
 from .inference import announced_prompt_format, for_decoding, load_for_inference
-
-
-@dataclass
-class ChatJob:
-    model: str = "smollm2-135m-instruct"  # a chat model: .gguf, HF dir, checkpoint, or packaged name
-    system: str | None = None
-    message: str | None = None  # answer one message and exit (otherwise read messages from stdin)
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float | None = None
-    seed: int | None = None
-    dtype: str = "auto"  # auto | bf16 | fp32
-    adapter: str | None = None  # an adapter folder (groundup or HF PEFT layout) trained on --model; nothing is written
-    template: str | None = None  # a chat template name (chatml, plain) or Jinja file; default: fine-tuned / model's
-    raw_prompt: bool = False  # the model's own template, not the prompt format a fine-tuning run recorded
 
 
 def chat_cli(job: ChatJob) -> None:

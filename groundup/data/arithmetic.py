@@ -17,7 +17,7 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
-from groundup.data.instruct import write_jsonl
+from groundup.data.instruct_jsonl import write_jsonl
 
 OPS = ("+", "-", "*", "/")
 OP_WORDS = {"+": "plus", "-": "minus", "*": "times", "/": "divided by"}

@@ -25,12 +25,21 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from groundup.data.instruct import DEFAULT_SEPARATOR, write_jsonl
-from groundup.data.instruct_jsonl import empty_file_error, instruction_format, json_line, record_problem
-from groundup.tokenizer import Tokenizer
+from groundup.data.instruct_jsonl import (
+    DEFAULT_SEPARATOR,
+    empty_file_error,
+    instruction_format,
+    json_line,
+    record_problem,
+    write_jsonl,
+)
+
+if TYPE_CHECKING:  # the CLI reads CleanConfig for --help without loading the tokenizers library
+    from groundup.tokenizer import Tokenizer
 
 MERSENNE = (1 << 31) - 1  # p for the universal hashes: a * x + b < 2**63 fits in uint64
 

@@ -136,6 +136,14 @@ def read_prompt_format(folder: str | os.PathLike | None) -> PromptFormat | None:
                          "again to rewrite it") from None
 
 
+def carry_prompt_format(source: str | os.PathLike, written: str | os.PathLike) -> None:
+    """Give a model written from `source` (a fine-tuned model or adapter folder, converted, quantized or merged) the
+    prompt format `source` recorded, so that it is prompted as it was trained."""
+    fmt = read_prompt_format(source) if Path(source).is_dir() else None
+    if fmt is not None:
+        save_prompt_format(fmt, written)
+
+
 def inference_prompt_format(model: str | os.PathLike, adapter: str | os.PathLike | None = None) -> PromptFormat | None:
     """The format prompts to `model` (+ `adapter`) should get: the adapter's record, else the model folder's (a
     full fine-tune's), else None (a base model: prompts are used as given)."""
@@ -146,5 +154,5 @@ def inference_prompt_format(model: str | os.PathLike, adapter: str | os.PathLike
     return read_prompt_format(model) if Path(model).is_dir() else None
 
 
-__all__ = ["KINDS", "PROMPT_FORMAT_FILE", "PromptFormat", "inference_prompt_format", "prompt_format_for",
-           "read_prompt_format", "save_prompt_format", "special_tokens"]
+__all__ = ["KINDS", "PROMPT_FORMAT_FILE", "PromptFormat", "carry_prompt_format", "inference_prompt_format",
+           "prompt_format_for", "read_prompt_format", "save_prompt_format", "special_tokens"]

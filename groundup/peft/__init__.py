@@ -10,43 +10,16 @@ LoRA / IA3 / BitFit swap modules in place (wrappers hold `base_layer`); prompt a
 model (PromptModel / PrefixModel) and enter through its own inputs (inputs_embeds=, the KV cache).
 """
 
-from .api import (
-    METHODS,
-    PeftState,
-    adapter_names,
-    adapter_rows,
-    count_parameters,
-    delete_adapter,
-    disable,
-    inject,
-    merge,
-    merge_and_unload,
-    peft_state,
-    set_adapter,
-    summary,
-    trainable_parameters,
-    unmerge,
-)
-from .bitfit import BiasAdapter
-from .config import (
-    BitFitConfig,
-    IA3Config,
-    LoraConfig,
-    PeftConfig,
-    PeftError,
-    PrefixTuningConfig,
-    PromptTuningConfig,
-)
-from .ia3 import IA3Linear
-from .lora import LoraLinear
-from .prefix import PrefixEncoder, PrefixModel
-from .prompt import PromptEmbedding, PromptModel, nearest_tokens
-from .saving import fingerprint, load_adapter, save_adapter
+from groundup.lazy import lazy_exports
 
-__all__ = [
-    "METHODS", "BiasAdapter", "BitFitConfig", "IA3Config", "IA3Linear", "LoraConfig", "LoraLinear", "PeftConfig",
-    "PeftError", "PeftState", "PrefixEncoder", "PrefixModel", "PrefixTuningConfig", "PromptEmbedding", "PromptModel",
-    "PromptTuningConfig", "adapter_names", "adapter_rows", "count_parameters", "delete_adapter", "disable",
-    "fingerprint", "inject", "load_adapter", "merge", "merge_and_unload", "nearest_tokens", "peft_state",
-    "save_adapter", "set_adapter", "summary", "trainable_parameters", "unmerge",
-]
+__all__ = lazy_exports(__name__, {
+    ".api": "METHODS PeftState adapter_names adapter_rows count_parameters delete_adapter disable inject merge "
+            "merge_and_unload peft_state set_adapter summary trainable_parameters unmerge",
+    ".bitfit": "BiasAdapter",
+    ".config": "BitFitConfig IA3Config LoraConfig PeftConfig PeftError PrefixTuningConfig PromptTuningConfig",
+    ".ia3": "IA3Linear",
+    ".lora": "LoraLinear",
+    ".prefix": "PrefixEncoder PrefixModel",
+    ".prompt": "PromptEmbedding PromptModel nearest_tokens",
+    ".saving": "fingerprint load_adapter save_adapter",
+})

@@ -30,6 +30,7 @@ from ..embed import embed_texts
 from ..generate import sample
 from ..peft.api import adapter_rows
 from ..peft.prompt import token_embedding_name
+from .config import EngineConfig
 from .metrics import Metrics
 from .requests import EmbeddingRequest, Event, GenerationRequest, TextStream
 from .slots import SlotCache
@@ -43,25 +44,6 @@ class QueueFullError(RuntimeError):
 
 class EngineClosedError(RuntimeError):
     """The engine is shutting down and takes no new requests (HTTP 503)."""
-
-
-@dataclass
-class EngineConfig:
-    max_batch: int = 16  # running requests (KV-cache rows)
-    max_seq_len: int | None = None  # prompt + completion tokens per request; default min(block_size, 2048)
-    cache_columns: int | None = None  # KV-cache columns per row; default 2 * max_seq_len (fewer compactions)
-    max_queue: int = 64  # waiting requests before new ones get 429
-    max_prefill_tokens: int = 2048  # prompt tokens admitted per engine iteration (at least one request)
-    request_timeout: float = 600.0  # seconds from arrival; the request ends with an error after that
-
-    def __post_init__(self) -> None:
-        for name in ("max_batch", "max_queue", "max_prefill_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"EngineConfig.{name}={getattr(self, name)} must be at least 1")
-        if self.max_seq_len is not None and self.max_seq_len < 2:
-            raise ValueError(f"EngineConfig.max_seq_len={self.max_seq_len} must be at least 2")
-        if self.request_timeout <= 0:
-            raise ValueError(f"EngineConfig.request_timeout={self.request_timeout} must be positive (seconds)")
 
 
 @dataclass

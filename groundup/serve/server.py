@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,6 +16,7 @@ from .. import runtime
 from ..apps.by_arch import require_arch, require_tokenizer
 from ..data.prompt_format import PromptFormat, inference_prompt_format
 from ..finetune import attach_adapter, merge_for_inference
+from ..jobs.use import QUICKSTART, ServeJob
 from ..models.decoder import DecoderLM
 from ..nn.packed_linear import pack_for_inference
 from ..peft.api import delete_adapter
@@ -24,27 +24,8 @@ from ..peft.config import PeftError
 from ..peft.prompt import PromptModel
 from .cascade import Cascade, CascadeMember, CostModel
 from .cascade_fit import mean_logprob
-from .engine import Engine, EngineConfig
+from .engine import Engine
 from .registry import ServedCascade, ServedModels
-
-QUICKSTART = "runs/quickstart/ckpt"
-
-
-@dataclass
-class ServeJob:
-    model: str = QUICKSTART  # checkpoint dir, HF dir, .gguf file, packaged name, or an encoder (embeddings only)
-    adapter: list[str] = field(default_factory=list)  # NAME=PATH, repeatable: LoRA / IA3 / BitFit / soft prompt
-    cascade: list[str] = field(default_factory=list)  # NAME=SPEC.json, repeatable: a FrugalGPT cascade (CASCADE_SPEC)
-    embedding_model: str | None = None  # an encoder for /v1/embeddings, e.g. all-minilm-l6-v2
-    name: str | None = None  # the base model's name in requests (default: --model as given)
-    quantize: str | None = None  # e.g. int8: quantize the base weights before adapters attach
-    api_key: str | None = None  # default: $GROUNDUP_API_KEY; unset = no authentication
-    host: str = "127.0.0.1"
-    port: int = 8000
-    dtype: str = "auto"  # auto: bf16 (half the weight bytes, oneDNN-packed) with native bf16, else fp32
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    max_body_bytes: int = 1 << 20
-    raw_prompt: bool = False  # use prompts as sent, not formatted as each adapter's fine-tuning formatted its prompts
 
 
 def prompt_formats(job: ServeJob, name: str, adapters: dict[str, Path]) -> dict[str, PromptFormat]:
@@ -147,7 +128,8 @@ def _cost(where: str, cost: object) -> dict:
 
 def read_cascade_spec(path: Path) -> dict:
     """The checked spec of a cascade (CASCADE_SPEC shows every field; "model": "base" is the server's --model;
-    template, adapter, stop and max_new_tokens (32) are optional); every problem is found before a model loads."""
+    template (default: as the member's fine-tuning formatted its prompts), adapter, stop and max_new_tokens (32) are
+    optional); every problem is found before a model loads."""
     where = f"cascade spec {str(path)!r}"
     if not path.is_file():
         raise FileNotFoundError(f"{where}: no such file; write one like {CASCADE_SPEC} (Cascade.spec() gives it "
@@ -211,8 +193,21 @@ def load_cascade(spec: dict, job: ServeJob) -> Cascade:
         cost = m["cost"]
         cost = CostModel.per_parameter(model) if "per_parameter" in cost else CostModel(**cost)
         gen = GenerationConfig(max_new_tokens=m.get("max_new_tokens", 32), temperature=0, stop=tuple(m.get("stop", ())))
-        members.append(CascadeMember(m["name"], model, tok, cost, gen, m.get("template", "{query}")))
+        template = m.get("template") or member_template(job, m, tok)
+        members.append(CascadeMember(m["name"], model, tok, cost, gen, template))
     return Cascade(members, mean_logprob, spec["thresholds"])
+
+
+def member_template(job: ServeJob, member: dict, tokenizer) -> str:
+    """A member without a template of its own is prompted as its fine-tuning prompted (its adapter's, or its fully
+    fine-tuned model folder's prompt_format.json), unless --raw_prompt; a base model gets the query as it is."""
+    model = job.model if member["model"] == "base" else member["model"]
+    fmt = None if job.raw_prompt else inference_prompt_format(model, member.get("adapter"))
+    if fmt is None:
+        return "{query}"
+    print(f"queries to cascade member {member['name']!r} are formatted as in fine-tuning: {fmt.describe()} "
+          "(its spec's \"template\" or --raw_prompt overrides this)", flush=True)
+    return fmt.apply("{query}", tokenizer)
 
 
 def build_engine(job: ServeJob) -> tuple[Engine, ServedModels]:

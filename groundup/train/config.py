@@ -11,9 +11,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-import torch
-
-from groundup import runtime
 from groundup.config import from_checked_dict
 
 Dtype = Literal["auto", "bf16", "fp32", "fp16"]
@@ -72,7 +69,7 @@ class TrainConfig:
                 raise TrainConfigError(
                     f"TrainConfig.{name}={getattr(self, name)!r} is unknown; use one of {list(allowed)}"
                 )
-        if self.device == "cuda" and not torch.cuda.is_available():
+        if self.device == "cuda" and not _cuda_available():
             raise TrainConfigError("TrainConfig.device='cuda' but CUDA is not available; use device='auto' or 'cpu'")
 
     def _check_ints(self) -> None:
@@ -106,12 +103,14 @@ class TrainConfig:
     def resolved_device(self) -> str:
         """'cuda' or 'cpu' (the device type; ranks pick their own CUDA index)."""
         if self.device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
+            return "cuda" if _cuda_available() else "cpu"
         return self.device
 
     def resolved_dtype(self, work: int | None = None) -> str:
         """'bf16', 'fp16' or 'fp32': auto resolved for this machine's device (runtime.best_dtype; `work` is rows x
         context x d_model^2 of one micro-step, which decides bf16 autocast on AMX CPUs)."""
+        from groundup import runtime  # imports torch: here, so that building a TrainConfig does not
+
         return runtime.resolve_dtype(self.dtype, self.resolved_device(), "train", "TrainConfig.dtype", work)
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,3 +119,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         return from_checked_dict(cls, data, TrainConfigError)
+
+
+def _cuda_available() -> bool:
+    import torch  # here, not at the top: the CLI builds TrainConfigs for --help without torch
+
+    return torch.cuda.is_available()

@@ -1,0 +1,165 @@
+"""The commands without a module of their own: generate, eval, convert, quantize, embed, data clean / augment /
+arithmetic. Each takes its job (groundup.jobs; the job's docstring says what the command does)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..cli import parse_list
+from ..data import augment_records, clean_jsonl, make_arithmetic_splits, read_text_corpus, write_jsonl
+from ..data.instruct_jsonl import empty_file_error, json_line
+from ..data.prompt_format import carry_prompt_format
+from ..embed import embed_texts
+from ..eval import text_perplexity
+from ..generate import GenerationConfig, stream_text
+from ..jobs.files import ArithmeticJob, AugmentJob, CleanJob, ConvertJob, QuantizeJob
+from ..jobs.use import EmbedJob, EvalJob, GenerateJob
+from ..loading import load_pretrained, load_tokenizer_of
+from ..quant import QuantReport, quantize
+from ..quant.formats import check_format
+from ..train.checkpoint import save_checkpoint
+from .by_arch import eval_for_arch, generate_for_arch, require_arch, require_tokenizer
+from .export import check_out, float_weights, out_dtype, write_model
+from .inference import announced_prompt_format, for_decoding, load_for_inference
+
+
+def generate_cli(job: GenerateJob) -> None:
+    model, tok = load_for_inference(job.model, job.dtype)
+    require_arch(model, "generate", ("decoder", "seq2seq"))
+    require_tokenizer(tok, job.model, "generate")
+    model = for_decoding(model, job.adapter)
+    cfg = GenerationConfig(
+        max_new_tokens=job.max_new_tokens, temperature=job.temperature, top_k=job.top_k, top_p=job.top_p,
+        seed=job.seed, stop=tuple(job.stop), num_beams=job.num_beams,
+    )
+    if generate_for_arch(model, tok, job.prompt, cfg):  # an encoder-decoder printed the target of the source
+        return
+    fmt = announced_prompt_format(job.model, job.adapter, job.raw_prompt)
+    prompt = fmt.apply(job.prompt, tok) if fmt is not None else job.prompt
+    sys.stdout.write(prompt)
+    for piece in stream_text(model, tok, prompt, cfg):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+def eval_cli(job: EvalJob) -> dict[str, float]:
+    if not job.data:
+        raise ValueError("--data is missing; give a text file, e.g. --data=held_out.txt")
+    model, tok = load_for_inference(job.model, job.dtype)
+    require_tokenizer(tok, job.model, "eval")
+    if (other := eval_for_arch(model, tok, job.data)) is not None:  # seq2seq and encoder models
+        return other
+    result = text_perplexity(model, tok, read_text_corpus(Path(job.data)), job.stride)
+    print(
+        f"{job.data}: {result['tokens']} tokens, loss {result['nll']:.4f} nats/token, perplexity {result['ppl']:.3f}, "
+        f"{result['nats_per_char']:.4f} nats/char ({result['bits_per_char']:.4f} bits/char)"
+    )
+    return result
+
+
+def convert_cli(job: ConvertJob) -> Path:
+    if not job.model or not job.out:
+        raise ValueError("convert needs --model (what to read) and --out (the directory to write)")
+    out = check_out(job.out, job.overwrite)
+    dtype = out_dtype(job.dtype)
+    model, tok = load_pretrained(job.model, dtype)
+    written = write_model(float_weights(model, job.dequantize, job.to, job.model), tok, out, job.to, dtype)
+    carry_prompt_format(job.model, written)
+    print(f"wrote {written}")
+    return written
+
+
+def quantize_cli(job: QuantizeJob) -> QuantReport:
+    if not job.model or not job.out:
+        raise ValueError("quantize needs --model (what to read) and --out (the directory to write)")
+    check_format(job.to)
+    model, tok = load_for_inference(job.model, job.dtype)
+    report = quantize(model, job.to, job.group_size, head=job.head)
+    written = save_checkpoint(job.out, model, tokenizer=tok)
+    carry_prompt_format(job.model, written)
+    print(f"{report.summary()}\nwrote {written}")
+    return report
+
+
+def embed_cli(job: EmbedJob) -> Path:
+    lines = read_text_corpus(Path(job.input)).splitlines() if job.input else []  # one row per line, blank ones too
+    if not lines:
+        raise ValueError("--input is missing or has no lines; give a text file with one sentence per line")
+    model, tok = load_pretrained(job.model)
+    vectors = embed_texts(model, require_tokenizer(tok, job.model, "embed"), lines, job.batch_size).numpy()
+    np.save(job.out, vectors)
+    print(f"wrote {job.out}: {vectors.shape[0]} embeddings of size {vectors.shape[1]}")
+    return Path(job.out)
+
+
+def str_list(value: list[str] | str, name: str) -> list[str]:
+    """A list option given as one string ("[a, b]" in YAML, or a single item) as the list it means."""
+    if not isinstance(value, str):
+        return list(value)
+    return parse_list(value, f"--{name}")  # "[+, -, *]" is three items, not YAML's alias marker
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of a JSONL file (blank lines skipped); a line that is not a JSON object is an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; pass a JSONL file (one JSON object a line)")
+    records = []
+    with open(path, encoding="utf-8") as f:  # lines end at newlines only (splitlines would cut at U+2028 too)
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json_line(line)
+            except ValueError as e:
+                raise ValueError(f"{path} line {n}: {e}; fix it") from None
+            if not isinstance(rec, dict):
+                raise ValueError(f"{path} line {n}: expected a JSON object, got {type(rec).__name__}")
+            records.append(rec)
+    if not records:
+        raise empty_file_error(path)
+    return records
+
+
+def clean_tokenizer(job: CleanJob):
+    """The tokenizer the token-length filters count with (None when they are off); the error names the flag."""
+    if job.clean.min_tokens is None and job.clean.max_tokens is None:
+        return None
+    if not job.tokenizer:
+        raise ValueError("--clean.min_tokens/--clean.max_tokens count tokens: pass --tokenizer (a tokenizer.json "
+                         "file, or a model whose tokenizer to use, e.g. --tokenizer=smollm2-135m-instruct or a "
+                         "checkpoint folder), or filter by characters with --clean.min_chars/--clean.max_chars")
+    return load_tokenizer_of(job.tokenizer)
+
+
+def clean_cli(job: CleanJob):
+    if not job.input or not job.out:
+        raise ValueError("data clean needs --input (a JSONL file) and --out (where to write the kept records)")
+    report = clean_jsonl(job.input, job.out, str_list(job.fields, "fields"), job.clean, clean_tokenizer(job))
+    print(report.summary())
+    for line, why in sorted(report.details.items()):
+        print(f"  line {line}: {why}")
+    print(f"wrote {job.out}")
+    return report
+
+
+def augment_cli(job: AugmentJob):
+    if not job.input or not job.out:
+        raise ValueError("data augment needs --input (a JSONL file) and --out (where to write)")
+    records, report = augment_records(read_jsonl(job.input), job.field, str_list(job.methods, "methods"),
+                                      job.n_per_record, job.seed, job.p, job.keep_original,
+                                      str_list(job.protect, "protect"), job.payload_words)
+    write_jsonl(job.out, records)
+    print(f"{report.summary()}; wrote {job.out}")
+    return report
+
+
+def arithmetic_cli(job: ArithmeticJob) -> Path:
+    train, test = make_arithmetic_splits(job.n_train, job.n_test, job.seed, str_list(job.ops, "ops"), job.max_digits,
+                                         str_list(job.styles, "styles"), out_dir=job.out_dir)
+    print(f"wrote {job.out_dir}/train.jsonl ({len(train)}) and {job.out_dir}/test.jsonl ({len(test)})")
+    return Path(job.out_dir)

@@ -1,0 +1,100 @@
+"""The options of the commands that use a model: generate, eval, chat, embed, fewshot, serve."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..serve.config import EngineConfig
+
+QUICKSTART = "runs/quickstart/ckpt"  # what `groundup quickstart` writes
+FEWSHOT_TEMPLATE = "Q: {prompt}\nA: {completion}"
+
+
+@dataclass
+class GenerateJob:
+    """Generate text from a prompt, streamed to stdout as it is produced."""
+
+    model: str = QUICKSTART  # checkpoint dir, HF dir, .gguf file or hub id
+    prompt: str = "\n"
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    top_k: int | None = 50
+    top_p: float | None = None
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    dtype: str = "auto"  # auto (fastest here: bf16 with native bf16, else fp32) | bf16 | fp32
+    adapter: str | None = None  # an adapter folder (groundup or HF PEFT layout) trained on --model
+    raw_prompt: bool = False  # use --prompt as given, not formatted as the fine-tuning run formatted its prompts
+    num_beams: int = 1  # encoder-decoder models: > 1 = beam search (deterministic; temperature etc. unused)
+
+
+@dataclass
+class EvalJob:
+    """Perplexity of a model on a text file (seq2seq: target perplexity on source<TAB>target lines; a BERT
+    encoder: pseudo-perplexity and masked-token accuracy)."""
+
+    model: str = QUICKSTART
+    data: str = ""  # a UTF-8 text file (an encoder-decoder model: source<TAB>target lines)
+    stride: int | None = None  # sliding-window step (default: the model's context, no overlap)
+    dtype: str = "auto"  # auto | bf16 | fp32
+
+
+@dataclass
+class ChatJob:
+    """Chat with an instruct model: its chat template, streamed replies, history kept within the context."""
+
+    model: str = "smollm2-135m-instruct"  # a chat model: .gguf, HF dir, checkpoint, or packaged name
+    system: str | None = None
+    message: str | None = None  # answer one message and exit (otherwise read messages from stdin)
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float | None = None
+    seed: int | None = None
+    dtype: str = "auto"  # auto | bf16 | fp32
+    adapter: str | None = None  # an adapter folder (groundup or HF PEFT layout) trained on --model; nothing is written
+    template: str | None = None  # a chat template name (chatml, plain) or Jinja file; default: fine-tuned / model's
+    raw_prompt: bool = False  # the model's own template, not the prompt format a fine-tuning run recorded
+
+
+@dataclass
+class EmbedJob:
+    """Sentence embeddings (mean-pooled, L2-normalised) for each line of a file, saved as .npy."""
+
+    model: str = "all-minilm-l6-v2"  # an encoder: HF dir, checkpoint, or packaged name
+    input: str = ""  # a text file, one sentence per line
+    out: str = "embeddings.npy"
+    batch_size: int = 32
+
+
+@dataclass
+class FewShotJob:
+    """Few-shot prompting: exact-match accuracy of a model given k solved examples per question (no training)."""
+
+    model: str = "smollm2-135m-instruct"
+    shots: str = ""  # JSONL the shots are drawn from (e.g. train.jsonl)
+    data: str = ""  # JSONL of test questions (e.g. test.jsonl)
+    k: int = 4
+    template: str = FEWSHOT_TEMPLATE
+    seed: int = 0
+    max_new_tokens: int = 16
+    limit: int | None = 50  # evaluate the first N test questions (None = all)
+
+
+@dataclass
+class ServeJob:
+    """Serve a model behind an OpenAI-compatible HTTP API (completions, chat, streaming, embeddings, LoRA,
+    cascades)."""
+
+    model: str = QUICKSTART  # checkpoint dir, HF dir, .gguf file, packaged name, or an encoder (embeddings only)
+    adapter: list[str] = field(default_factory=list)  # NAME=PATH, repeatable: LoRA / IA3 / BitFit / soft prompt
+    cascade: list[str] = field(default_factory=list)  # NAME=SPEC.json, repeatable: a FrugalGPT cascade (CASCADE_SPEC)
+    embedding_model: str | None = None  # an encoder for /v1/embeddings, e.g. all-minilm-l6-v2
+    name: str | None = None  # the base model's name in requests (default: --model as given)
+    quantize: str | None = None  # e.g. int8: quantize the base weights before adapters attach
+    api_key: str | None = None  # default: $GROUNDUP_API_KEY; unset = no authentication
+    host: str = "127.0.0.1"
+    port: int = 8000
+    dtype: str = "auto"  # auto: bf16 (half the weight bytes, oneDNN-packed) with native bf16, else fp32
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    max_body_bytes: int = 1 << 20
+    raw_prompt: bool = False  # use prompts as sent, not formatted as each adapter's fine-tuning formatted its prompts
