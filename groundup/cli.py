@@ -319,8 +319,6 @@ def main(argv: list[str] | None = None) -> int:
     if "-h" in rest or "--help" in rest:
         print(_help(name, cls, commands[name].examples))
         return 0
-    from .train.checkpoint import CheckpointError
-
     names = flag_names(cls)
     _brief_warnings(name, names)
     job = None
@@ -330,13 +328,21 @@ def main(argv: list[str] | None = None) -> int:
     except CLIError as e:
         print(f"groundup {name}: error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, FileExistsError, CheckpointError) as e:  # our errors say what to fix
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:  # our errors say what to fix
+        if isinstance(e, RuntimeError) and not _is_checkpoint_error(e):
+            raise
         print(f"groundup {name}: error: {as_flags(str(e), names)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C: stop quietly, with the shell's exit code for SIGINT
         print(interrupted_line(name, rest, job, e), file=sys.stderr)
         return 130
     return 0
+
+
+def _is_checkpoint_error(err: RuntimeError) -> bool:
+    from .train.checkpoint import CheckpointError  # here: commands that never touch torch do not import it
+
+    return isinstance(err, CheckpointError)
 
 
 def _command_list(commands: dict[str, Command], usage: str = "groundup COMMAND") -> str:

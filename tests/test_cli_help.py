@@ -58,3 +58,16 @@ def test_help_answers_without_importing_torch():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_the_data_commands_run_without_importing_torch(tmp_path):
+    probe = ("import sys\nfrom groundup.cli import main\n"
+             f"d = {str(tmp_path)!r}\n"
+             "assert main(['data', 'arithmetic', f'--out_dir={d}', '--n_train=40', '--n_test=8']) == 0\n"
+             "assert main(['data', 'clean', f'--input={d}/train.jsonl', f'--out={d}/clean.jsonl']) == 0\n"
+             "assert main(['data', 'augment', f'--input={d}/clean.jsonl', f'--out={d}/aug.jsonl']) == 0\n"
+             "print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False"
+    assert (tmp_path / "aug.jsonl").stat().st_size > (tmp_path / "clean.jsonl").stat().st_size > 0

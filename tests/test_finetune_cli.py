@@ -12,7 +12,7 @@ import torch
 from cli_helpers import char_checkpoint, groundup
 from torch.testing import assert_close
 
-from groundup.apps.commands import augment_cli
+from groundup.apps.data import augment_cli
 from groundup.data import DEFAULT_SEPARATOR, augment_records
 from groundup.finetune import attach_adapter, greedy_completions
 from groundup.jobs import AugmentJob

@@ -1,5 +1,5 @@
-"""The commands without a module of their own: generate, eval, convert, quantize, embed, data clean / augment /
-arithmetic. Each takes its job (groundup.jobs; the job's docstring says what the command does)."""
+"""The model commands without a module of their own: generate, eval, convert, quantize, embed. Each takes its job
+(groundup.jobs; the job's docstring says what the command does)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli import parse_list
-from ..data import augment_records, clean_jsonl, make_arithmetic_splits, read_text_corpus, write_jsonl
-from ..data.instruct_jsonl import empty_file_error, json_line
+from ..data import read_text_corpus
 from ..data.prompt_format import carry_prompt_format
 from ..embed import embed_texts
 from ..eval import text_perplexity
 from ..generate import GenerationConfig, stream_text
-from ..jobs.files import ArithmeticJob, AugmentJob, CleanJob, ConvertJob, QuantizeJob
+from ..jobs.files import ConvertJob, QuantizeJob
 from ..jobs.use import EmbedJob, EvalJob, GenerateJob
-from ..loading import load_pretrained, load_tokenizer_of
+from ..loading import load_pretrained
 from ..quant import QuantReport, quantize
 from ..quant.formats import check_format
 from ..train.checkpoint import save_checkpoint
@@ -94,72 +92,3 @@ def embed_cli(job: EmbedJob) -> Path:
     np.save(job.out, vectors)
     print(f"wrote {job.out}: {vectors.shape[0]} embeddings of size {vectors.shape[1]}")
     return Path(job.out)
-
-
-def str_list(value: list[str] | str, name: str) -> list[str]:
-    """A list option given as one string ("[a, b]" in YAML, or a single item) as the list it means."""
-    if not isinstance(value, str):
-        return list(value)
-    return parse_list(value, f"--{name}")  # "[+, -, *]" is three items, not YAML's alias marker
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """The records of a JSONL file (blank lines skipped); a line that is not a JSON object is an error naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file; pass a JSONL file (one JSON object a line)")
-    records = []
-    with open(path, encoding="utf-8") as f:  # lines end at newlines only (splitlines would cut at U+2028 too)
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json_line(line)
-            except ValueError as e:
-                raise ValueError(f"{path} line {n}: {e}; fix it") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{path} line {n}: expected a JSON object, got {type(rec).__name__}")
-            records.append(rec)
-    if not records:
-        raise empty_file_error(path)
-    return records
-
-
-def clean_tokenizer(job: CleanJob):
-    """The tokenizer the token-length filters count with (None when they are off); the error names the flag."""
-    if job.clean.min_tokens is None and job.clean.max_tokens is None:
-        return None
-    if not job.tokenizer:
-        raise ValueError("--clean.min_tokens/--clean.max_tokens count tokens: pass --tokenizer (a tokenizer.json "
-                         "file, or a model whose tokenizer to use, e.g. --tokenizer=smollm2-135m-instruct or a "
-                         "checkpoint folder), or filter by characters with --clean.min_chars/--clean.max_chars")
-    return load_tokenizer_of(job.tokenizer)
-
-
-def clean_cli(job: CleanJob):
-    if not job.input or not job.out:
-        raise ValueError("data clean needs --input (a JSONL file) and --out (where to write the kept records)")
-    report = clean_jsonl(job.input, job.out, str_list(job.fields, "fields"), job.clean, clean_tokenizer(job))
-    print(report.summary())
-    for line, why in sorted(report.details.items()):
-        print(f"  line {line}: {why}")
-    print(f"wrote {job.out}")
-    return report
-
-
-def augment_cli(job: AugmentJob):
-    if not job.input or not job.out:
-        raise ValueError("data augment needs --input (a JSONL file) and --out (where to write)")
-    records, report = augment_records(read_jsonl(job.input), job.field, str_list(job.methods, "methods"),
-                                      job.n_per_record, job.seed, job.p, job.keep_original,
-                                      str_list(job.protect, "protect"), job.payload_words)
-    write_jsonl(job.out, records)
-    print(f"{report.summary()}; wrote {job.out}")
-    return report
-
-
-def arithmetic_cli(job: ArithmeticJob) -> Path:
-    train, test = make_arithmetic_splits(job.n_train, job.n_test, job.seed, str_list(job.ops, "ops"), job.max_digits,
-                                         str_list(job.styles, "styles"), out_dir=job.out_dir)
-    print(f"wrote {job.out_dir}/train.jsonl ({len(train)}) and {job.out_dir}/test.jsonl ({len(test)})")
-    return Path(job.out_dir)

@@ -100,17 +100,17 @@ COMMANDS = {
   groundup serve --model runs/quickstart/ckpt --engine.max_batch 32 --engine.max_queue 128
   groundup serve --model smollm2-135m-instruct --cascade cheap-first=cascade.json   # model=cheap-first: a cascade
 """),
-    "data clean": Command(CleanJob, "groundup.apps.commands:clean_cli", """
+    "data clean": Command(CleanJob, "groundup.apps.data:clean_cli", """
   groundup data clean --input raw.jsonl --out clean.jsonl
   groundup data clean --input raw.jsonl --out clean.jsonl --fields "[text]" --clean.near_dup_threshold 0.9
   groundup data clean --input raw.jsonl --out clean.jsonl --clean.max_tokens 512 --tokenizer smollm2-135m-instruct
 """),
-    "data augment": Command(AugmentJob, "groundup.apps.commands:augment_cli", """
+    "data augment": Command(AugmentJob, "groundup.apps.data:augment_cli", """
   groundup data augment --input train.jsonl --out train_aug.jsonl --field prompt --n_per_record 2 --seed 1
   groundup data augment --input train.jsonl --out typos.jsonl --methods "[typo]" --p 0.2
   groundup data augment --input train.jsonl --out aug.jsonl --protect "[French, Translate]"   # never changed
 """),
-    "data arithmetic": Command(ArithmeticJob, "groundup.apps.commands:arithmetic_cli", """
+    "data arithmetic": Command(ArithmeticJob, "groundup.apps.data:arithmetic_cli", """
   groundup data arithmetic --out_dir data/arithmetic --n_train 5000 --n_test 500
   groundup data arithmetic --ops "[+, -, '*']" --max_digits 2 --styles "[question]"   # quote * (YAML alias)
 """),
