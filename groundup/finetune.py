@@ -4,7 +4,7 @@
     load_instructions(jsonl) ──> InstructData (loss on completions only) ────────────────────────────────┴─>
         train(model, "causal_lm", data, TrainConfig) ──> out_dir/
             adapter/      the adapter, groundup format      (load_adapter, `groundup generate --adapter`)
-            adapter_hf/   the same adapter in Hugging Face PEFT's layout (lora, ia3, prompt)
+            adapter_hf/   the same adapter in Hugging Face PEFT's layout (lora, ia3, prompt, prefix)
             model/        method=full: a groundup checkpoint (load_pretrained)
             ckpt/         the loop's resumable checkpoint: the trainable parameters, optimizer, RNG states
             adapter*/ and model/ hold prompt_format.json: how the prompts were formatted (separator, template),
@@ -58,7 +58,7 @@ from .train import TrainConfig, TrainResult, save_checkpoint, train
 # Peak learning rates that work for each method (peft / paper defaults); TrainConfig's own default lr means
 # "use this", any other train.lr is taken as given.
 METHOD_LR = {"full": 5e-5, "lora": 5e-4, "ia3": 3e-3, "bitfit": 1e-3, "prompt": 3e-2, "prefix": 1e-2}
-HF_LAYOUT = ("lora", "ia3", "prompt")  # methods groundup.interop.peft_format can write
+HF_LAYOUT = ("lora", "ia3", "prompt", "prefix")  # methods groundup.interop.peft_format can write
 
 
 @dataclass
@@ -66,7 +66,7 @@ class FinetuneResult(TrainResult):
     """TrainResult plus where the fine-tuned result was written and its exact-match accuracy (if asked)."""
 
     adapter: Path | None = None  # groundup adapter (PEFT methods)
-    adapter_hf: Path | None = None  # Hugging Face PEFT layout (lora, ia3, prompt)
+    adapter_hf: Path | None = None  # Hugging Face PEFT layout (lora, ia3, prompt, prefix)
     model_dir: Path | None = None  # method=full: a groundup checkpoint
     exact_match: float | None = None
 
@@ -91,11 +91,12 @@ def peft_config(method: str, opts: PeftOptions) -> PeftConfig | None:
         return IA3Config(target_modules=targets, feedforward_modules=ff)
     if method == "bitfit":
         return BitFitConfig(target_modules=targets)
+    text = opts.init_text
+    init = "text" if text else "random"
     if method == "prompt":
-        text = opts.prompt_init_text
-        return PromptTuningConfig(opts.n_virtual_tokens, init="text" if text else "random", init_text=text)
+        return PromptTuningConfig(opts.n_virtual_tokens, init=init, init_text=text)
     if method == "prefix":
-        return PrefixTuningConfig(opts.n_virtual_tokens, reparam_hidden=opts.prefix_hidden)
+        return PrefixTuningConfig(opts.n_virtual_tokens, reparam_hidden=opts.prefix_hidden, init=init, init_text=text)
     return None
 
 

@@ -4,8 +4,8 @@ export: groundup base -> save_hf; groundup adapter (a few training steps on rand
         transformers from_pretrained + peft PeftModel.from_pretrained == groundup's output.
 import: a peft adapter with random non-zero weights on that transformers model -> save_pretrained -> load_peft
         into the groundup base == peft's output.
-For LoRA, IA3 and prompt tuning on a tiny Llama-style and GPT-2-style model (GPT-2 fuses q, k, v in c_attn),
-plus a headless BERT encoder for LoRA.
+For LoRA, IA3, prompt and prefix tuning on a tiny Llama-style (grouped-query) and GPT-2-style model (GPT-2 fuses
+q, k, v in c_attn), plus a headless BERT encoder for LoRA.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ OURS = {
                                  rank_pattern={"down_proj": 2}),
     "ia3": P.IA3Config,
     "prompt": lambda: P.PromptTuningConfig(n_virtual_tokens=4),
+    "prefix": lambda: P.PrefixTuningConfig(n_virtual_tokens=3, reparam_hidden=16),  # the MLP folds on export
 }
 THEIRS = {
     ("llama", "lora"): lambda: peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "down_proj"],
@@ -68,6 +69,9 @@ THEIRS = {
                                             task_type="CAUSAL_LM"),
     ("llama", "prompt"): lambda: peft.PromptTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM"),
     ("gpt2", "prompt"): lambda: peft.PromptTuningConfig(num_virtual_tokens=5, task_type="CAUSAL_LM"),
+    ("llama", "prefix"): lambda: peft.PrefixTuningConfig(num_virtual_tokens=3, prefix_projection=True,
+                                                         encoder_hidden_size=16, task_type="CAUSAL_LM"),
+    ("gpt2", "prefix"): lambda: peft.PrefixTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM"),
 }
 CASES = [pytest.param(f, m, id=f"{f}-{m}") for f in BUILD for m in OURS]
 

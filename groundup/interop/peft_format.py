@@ -1,9 +1,11 @@
-"""Hugging Face PEFT's adapter layout <-> groundup adapters, for LoRA, IA3 and prompt tuning.
+"""Hugging Face PEFT's adapter layout <-> groundup adapters, for LoRA, IA3, prompt and prefix tuning.
 
     adapter_config.json          peft's config (peft_type, r, lora_alpha, target_modules, ...)
     adapter_model.safetensors    base_model.model.<HF module>.lora_A.weight / .lora_B.weight   (LoRA)
                                  base_model.model.<HF module>.ia3_l   (out, 1), or (1, in) for feedforward   (IA3)
                                  prompt_embeddings   (n_virtual_tokens, d)   (prompt tuning)
+                                 prompt_embeddings   (n_virtual_tokens, n_layer * 2 * Hkv * D)   (prefix tuning:
+                                 the folded prefix, groundup's (n_layer, 2, Hkv, P, D) with P moved first)
 
 save_peft(model, dir) writes an adapter that `peft.PeftModel.from_pretrained` loads onto the transformers model
 `save_hf` exports, with identical outputs; load_peft(model, dir) reads one peft wrote into a groundup model.
@@ -34,7 +36,7 @@ from torch import nn
 from ..models.decoder import DecoderLM
 from ..models.encoder import Encoder, EncoderForPreTraining
 from ..peft.api import base_model, components, delete_adapter, inject, peft_state
-from ..peft.config import IA3Config, LoraConfig, PeftError, PromptTuningConfig
+from ..peft.config import IA3Config, LoraConfig, PeftError, PrefixTuningConfig, PromptTuningConfig
 from ..peft.ia3 import IA3Linear
 from ..peft.layer import features
 from ..peft.lora import LoraLinear
@@ -143,8 +145,17 @@ def _export_prompt(model: nn.Module, name: str, table: list[ModuleMap]) -> tuple
     return config, {"prompt_embeddings": weight}
 
 
+def _export_prefix(model: nn.Module, name: str, table: list[ModuleMap]) -> tuple[dict, dict]:
+    prefix = model.export_state(name)["prefix"]  # (L, 2, Hkv, P, D)
+    L, _, H, P, D = prefix.shape
+    config = {"peft_type": "PREFIX_TUNING", "num_virtual_tokens": P, "token_dim": H * D, "num_attention_heads": H,
+              "num_layers": L, "num_transformer_submodules": 1, "encoder_hidden_size": H * D,
+              "prefix_projection": False}
+    return config, {"prompt_embeddings": prefix.permute(3, 0, 1, 2, 4).reshape(P, L * 2 * H * D)}
+
+
 EXPORTERS: dict[str, Callable[[nn.Module, str, list[ModuleMap]], tuple[dict, dict]]] = {
-    "lora": _export_lora, "ia3": _export_ia3, "prompt": _export_prompt,
+    "lora": _export_lora, "ia3": _export_ia3, "prompt": _export_prompt, "prefix": _export_prefix,
 }
 
 
@@ -161,7 +172,7 @@ def save_peft(model: nn.Module, out_dir: str | os.PathLike, adapter_name: str | 
     table, task_type, family = _plan(model)
     config, tensors = EXPORTERS[state.method](model, name, table)
     config.update(task_type=task_type, base_model_name_or_path=None, inference_mode=True, revision=None)
-    if state.method != "prompt":
+    if state.method not in ("prompt", "prefix"):
         config.update(fan_in_fan_out=family == "gpt2", modules_to_save=None)  # GPT-2's Conv1D stores (in, out)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -256,12 +267,30 @@ def _import_prompt(model, config, tensors, name, table, family, where):
     return PromptTuningConfig(n_virtual_tokens=weight.shape[0]), {"prompt.weight": weight}
 
 
-IMPORTERS = {"LORA": _import_lora, "IA3": _import_ia3, "PROMPT_TUNING": _import_prompt}
+def _import_prefix(model, config, tensors, name, table, family, where):
+    """peft saves the prefix its encoder produces (with or without its projection MLP) as one flat tensor."""
+    weight = tensors.get("prompt_embeddings")
+    cfg = base_model(model).config
+    L, H, D = cfg.n_layer, cfg.n_kv_head, cfg.head_dim
+    if weight is None or len(tensors) != 1:
+        raise PeftError(f"{where}: a prefix-tuning adapter holds exactly 'prompt_embeddings'; got {sorted(tensors)}")
+    if weight.dim() != 2 or weight.shape[1] != L * 2 * H * D:
+        raise PeftError(f"{where}: prompt_embeddings {tuple(weight.shape)} do not fit this model ({L} layers x 2 x "
+                        f"{H} key/value heads x {D} = {L * 2 * H * D} per virtual token); the adapter was made for "
+                        "another model")
+    P = weight.shape[0]
+    prefix = weight.view(P, L, 2, H, D).permute(1, 2, 3, 0, 4)  # (L, 2, Hkv, P, D)
+    return PrefixTuningConfig(n_virtual_tokens=P, reparam_hidden=None), {"prefix": prefix.contiguous()}
+
+
+IMPORTERS = {"LORA": _import_lora, "IA3": _import_ia3, "PROMPT_TUNING": _import_prompt,
+             "PREFIX_TUNING": _import_prefix}
 
 
 def load_peft(model: nn.Module, path: str | os.PathLike, adapter_name: str = "default") -> nn.Module:
     """Load a Hugging Face PEFT adapter directory into a groundup model (the base the adapter was trained on, e.g.
-    from load_hf) and return the model to use (a PromptModel for prompt tuning). The adapter becomes active."""
+    from load_hf) and return the model to use (a PromptModel / PrefixModel for prompt / prefix tuning). The adapter
+    becomes active."""
     path = Path(path)
     where = str(path)
     if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():

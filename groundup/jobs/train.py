@@ -56,7 +56,7 @@ class PeftOptions:
     target_modules: list[str] | None = None  # module-name patterns (lora, ia3, bitfit)
     feedforward_modules: list[str] | None = None  # ia3: modules scaled on their input
     n_virtual_tokens: int = 20  # prompt / prefix
-    prompt_init_text: str | None = None  # prompt: start from these words' embeddings (else random)
+    init_text: str | None = None  # prompt / prefix: start from these words (their embeddings / the model's k, v)
     prefix_hidden: int | None = 512  # prefix: reparameterisation MLP width (None = train prefixes directly)
 
 

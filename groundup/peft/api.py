@@ -26,8 +26,8 @@ from .bitfit import BiasAdapter
 from .config import BitFitConfig, IA3Config, PeftConfig, PeftError, matches
 from .ia3 import IA3Linear
 from .lora import LoraLinear
-from .prefix import PrefixModel
-from .prompt import PromptModel, init_prompt
+from .prefix import PrefixModel, text_prefix
+from .prompt import PromptModel, init_ids, init_prompt
 from .rows import RowPlan
 
 SWAP_LAYERS = (LoraLinear, IA3Linear, BiasAdapter)
@@ -162,7 +162,7 @@ def _swap(model: nn.Module, cfg: PeftConfig, adapter: str, spec: SwapMethod) -> 
 def inject(model: nn.Module, cfg: PeftConfig, adapter_name: str = "default", tokenizer=None) -> nn.Module:
     """Add adapter `adapter_name` described by `cfg`, make it the active (and only trainable) one, and return the
     model to use: the same object for LoRA / IA3 / BitFit, a PromptModel / PrefixModel for prompt / prefix
-    tuning. `tokenizer` is needed only by PromptTuningConfig(init='text')."""
+    tuning. `tokenizer` is needed only by init='text' (prompt and prefix tuning)."""
     if not isinstance(cfg, PeftConfig) or cfg.method not in METHODS:
         raise PeftError(f"inject needs a PEFT config (LoraConfig, IA3Config, BitFitConfig, PromptTuningConfig, "
                         f"PrefixTuningConfig); got {type(cfg).__name__}")
@@ -193,7 +193,9 @@ def _add_to_wrapper(model: nn.Module, cfg: PeftConfig, name: str, tokenizer) -> 
     if isinstance(model, PromptModel):
         model.add_adapter(name, init_prompt(cfg, model.token_embedding().weight, tokenizer))
     else:
-        model.add_adapter(name, cfg.n_virtual_tokens, cfg.reparam_hidden)
+        start = text_prefix(model.base_model, init_ids(cfg, tokenizer), cfg.n_virtual_tokens) \
+            if cfg.init == "text" else None
+        model.add_adapter(name, cfg.n_virtual_tokens, cfg.reparam_hidden, start)
 
 
 # --- switching, deleting ------------------------------------------------------------------------------------

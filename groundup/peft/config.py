@@ -124,6 +124,13 @@ class BitFitConfig(PeftConfig):
             self.target_modules = _check_patterns("BitFitConfig", "target_modules", self.target_modules)
 
 
+def _check_init(owner: str, init: str, init_text: str | None) -> None:
+    if init not in ("random", "text"):
+        raise PeftError(f"{owner}.init={init!r} is unknown; use 'random' or 'text'")
+    if init == "text" and not init_text:
+        raise PeftError(f"{owner}.init='text' needs init_text (the words it starts from)")
+
+
 @dataclass
 class PromptTuningConfig(PeftConfig):
     """Soft prompt tuning (Lester et al. 2021): n virtual token embeddings prepended to the input embeddings.
@@ -136,10 +143,7 @@ class PromptTuningConfig(PeftConfig):
 
     def __post_init__(self) -> None:
         _positive_int("PromptTuningConfig", "n_virtual_tokens", self.n_virtual_tokens)
-        if self.init not in ("random", "text"):
-            raise PeftError(f"PromptTuningConfig.init={self.init!r} is unknown; use 'random' or 'text'")
-        if self.init == "text" and not self.init_text:
-            raise PeftError("PromptTuningConfig.init='text' needs init_text (words whose embeddings start the prompt)")
+        _check_init("PromptTuningConfig", self.init, self.init_text)
 
 
 @dataclass
@@ -147,16 +151,26 @@ class PrefixTuningConfig(PeftConfig):
     """Prefix tuning (Li & Liang 2021): trainable per-layer key/value prefixes every query attends to.
     reparam_hidden: hidden width of the MLP (embedding -> Linear -> tanh -> Linear -> per-layer k/v) that
     produces the prefixes during training, for stability; saving folds it into plain prefix tensors.
-    None trains the prefix tensors directly."""
+    None trains the prefix tensors directly.
+    init='text' starts the prefix at the base model's own keys and values of `init_text`'s tokens (repeated or cut
+    to n_virtual_tokens), so training starts from the model reading those words rather than from noise that it
+    has never seen (the paper's sec. 7.2: real-word initialisation is what makes small-data prefix tuning work).
+    It sets the prefix tensors themselves, so it needs reparam_hidden=None."""
 
     method: ClassVar[str] = "prefix"
     n_virtual_tokens: int = 20
     reparam_hidden: int | None = 512
+    init: Literal["random", "text"] = "random"
+    init_text: str | None = None
 
     def __post_init__(self) -> None:
         _positive_int("PrefixTuningConfig", "n_virtual_tokens", self.n_virtual_tokens)
         if self.reparam_hidden is not None:
             _positive_int("PrefixTuningConfig", "reparam_hidden", self.reparam_hidden)
+        _check_init("PrefixTuningConfig", self.init, self.init_text)
+        if self.init == "text" and self.reparam_hidden is not None:
+            raise PeftError(f"PrefixTuningConfig.init='text' sets the prefix tensors themselves; set "
+                            f"reparam_hidden=None (got {self.reparam_hidden}), or use init='random' with the MLP")
 
 
 CONFIGS: dict[str, type[PeftConfig]] = {

@@ -7,7 +7,13 @@ start at P (as in Hugging Face, where the prefix is `past_key_values`), and grad
 through the cache write.
 
     training:  embedding (P, d) ─> Linear ─> tanh ─> Linear ─> (n_layer, 2, Hkv, P, D)   (the reparameterisation)
+               or the (n_layer, 2, Hkv, P, D) tensors themselves, from noise or from words (text_prefix)
     saved:     (n_layer, 2, Hkv, P, D) plain tensors                                      (folded)
+
+The layout, positions and masking are peft's (tests/test_prefix_oracle.py: the same prefix gives the same logits
+through peft on the Hugging Face export). peft starts its prefix at N(0, 1) noise; on SmolLM2-135M that, like
+the MLP's start, puts the training loss near 10 and 5 before the first step and leaves it there (docs/
+finetune_methods.md); the model's own keys and values of a few words start it where the model already works.
 
     prefix ─> cache.update(layer, 0, k_l, v_l) for every layer ─> model(ids, cache=cache, start=P)
 """
@@ -26,12 +32,14 @@ class PrefixEncoder(nn.Module):
     """Produces one prefix: (n_layer, 2, n_kv_head, P, head_dim), via the MLP (hidden set) or directly."""
 
     def __init__(self, n_layer: int, n_kv_head: int, head_dim: int, d_model: int, n_virtual: int,
-                 hidden: int | None, dtype: torch.dtype, device: torch.device) -> None:
+                 hidden: int | None, dtype: torch.dtype, device: torch.device, start: torch.Tensor | None = None,
+                 ) -> None:
         super().__init__()
         self.shape = (n_layer, 2, n_kv_head, n_virtual, head_dim)
         self.n_virtual = n_virtual
         if hidden is None:
-            self.prefix = nn.Parameter(torch.randn(self.shape, dtype=dtype, device=device) * 0.02)
+            value = torch.randn(self.shape, dtype=dtype, device=device) * 0.02 if start is None else start.clone()
+            self.prefix = nn.Parameter(value.to(dtype=dtype, device=device))
             self.embedding, self.mlp = None, None
             return
         self.prefix = None
@@ -59,6 +67,19 @@ class PrefixEncoder(nn.Module):
         self.prefix = nn.Parameter(value)
 
 
+def text_prefix(model: nn.Module, ids: list[int], n_virtual: int) -> torch.Tensor:
+    """The keys and values `model` computes for the tokens `ids` (repeated or cut to n_virtual) at positions
+    0..n_virtual-1: (n_layer, 2, Hkv, n_virtual, D). As a prefix, they make the input read as if those words came
+    first."""
+    ref = next(model.parameters())
+    ids = (ids * -(-n_virtual // len(ids)))[:n_virtual]
+    cache = model.new_cache(1, n_virtual, ref.dtype)
+    with torch.no_grad():
+        model(torch.tensor([ids], device=ref.device), cache=cache, start=0)
+    layers = [torch.stack([k[0, :, :n_virtual], v[0, :, :n_virtual]]) for k, v in zip(cache.k, cache.v, strict=True)]
+    return torch.stack(layers)  # (n_layer, 2, Hkv, P, D)
+
+
 class PrefixModel(nn.Module):
     """A decoder plus named key/value prefixes; forward and new_cache put the active prefix in front."""
 
@@ -83,13 +104,14 @@ class PrefixModel(nn.Module):
     def adapter_names(self) -> list[str]:
         return list(self.prefixes.keys())
 
-    def add_adapter(self, name: str, n_virtual: int, hidden: int | None) -> None:
+    def add_adapter(self, name: str, n_virtual: int, hidden: int | None, start: torch.Tensor | None = None) -> None:
+        """A new prefix; `start` (n_layer, 2, Hkv, n_virtual, D) sets its first value (hidden must be None)."""
         if name in self.prefixes:
             raise PeftError(f"prefix {name!r} already exists; pick another adapter_name or delete it first")
         cfg = self.base_model.config
         ref = next(self.base_model.parameters())
         self.prefixes[name] = PrefixEncoder(
-            cfg.n_layer, cfg.n_kv_head, cfg.head_dim, cfg.d_model, n_virtual, hidden, ref.dtype, ref.device
+            cfg.n_layer, cfg.n_kv_head, cfg.head_dim, cfg.d_model, n_virtual, hidden, ref.dtype, ref.device, start
         )
 
     def delete_adapter(self, name: str) -> None:

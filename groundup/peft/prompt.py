@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import PeftError, PromptTuningConfig
+from .config import PeftError, PrefixTuningConfig, PromptTuningConfig
 
 
 class PromptEmbedding(nn.Module):
@@ -51,17 +51,24 @@ def token_embedding_name(model: nn.Module) -> str:
     return min(names, key=len)
 
 
+def init_ids(cfg: PromptTuningConfig | PrefixTuningConfig, tokenizer) -> list[int]:
+    """The tokens of cfg.init_text (init='text' of prompt and prefix tuning)."""
+    owner = type(cfg).__name__
+    if tokenizer is None:
+        raise PeftError(f"{owner}.init='text' needs the tokenizer: inject(model, cfg, tokenizer=tokenizer)")
+    ids = tokenizer.encode(cfg.init_text)
+    if not ids:
+        raise PeftError(f"{owner}.init_text={cfg.init_text!r} encodes to no tokens; give some words")
+    return ids
+
+
 def init_prompt(cfg: PromptTuningConfig, tok_emb: torch.Tensor, tokenizer=None) -> torch.Tensor:
     """(n, d) start values: random at the embeddings' own scale, or the embeddings of init_text's tokens
     (repeated to fill n, or cut), as peft's PromptTuningInit.TEXT does."""
     n = cfg.n_virtual_tokens
     if cfg.init == "random":
         return torch.randn(n, tok_emb.shape[1], dtype=tok_emb.dtype, device=tok_emb.device) * tok_emb.detach().std()
-    if tokenizer is None:
-        raise PeftError("PromptTuningConfig.init='text' needs the tokenizer: inject(model, cfg, tokenizer=tokenizer)")
-    ids = tokenizer.encode(cfg.init_text)
-    if not ids:
-        raise PeftError(f"PromptTuningConfig.init_text={cfg.init_text!r} encodes to no tokens; give some words")
+    ids = init_ids(cfg, tokenizer)
     ids = (ids * math.ceil(n / len(ids)))[:n]
     return tok_emb.detach()[torch.tensor(ids, device=tok_emb.device)].clone()
 
