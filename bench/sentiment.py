@@ -32,7 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import common  # noqa: E402
-from finetune_methods import wilson  # noqa: E402
 
 from groundup.classify import (  # noqa: E402
     METHOD_LR,
@@ -143,7 +142,7 @@ def main() -> None:
     anchor_s = results[ANCHOR]["fit_s"] + results[ANCHOR]["predict_s"]
     rows = []
     for name, r in results.items():
-        lo, hi = wilson(r["accuracy"], len(gold))
+        lo, hi = common.wilson(r["accuracy"], len(gold))
         total = r["fit_s"] + r["predict_s"]
         rows.append([name, f"{r['trainable']:,}", f"{100 * r['accuracy']:.1f}%", f"{100 * lo:.0f}-{100 * hi:.0f}%",
                      r["fit_s"], r["predict_s"], total, total / anchor_s if total else "-"])
