@@ -135,6 +135,14 @@ def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def seed_gap(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float | None]:
+    """(mean(xs) - mean(ys), the 95% margin of that difference from the seeds' spread; None with one seed each)."""
+    gap = statistics.fmean(xs) - statistics.fmean(ys)
+    if min(len(xs), len(ys)) < 2:
+        return gap, None
+    return gap, 1.96 * math.sqrt(statistics.variance(xs) / len(xs) + statistics.variance(ys) / len(ys))
+
+
 def profile_ops(fns: dict[str, Callable[[], Any]], rows: int = 18) -> None:
     """Print where each fn spends its time: torch.profiler's ops sorted by self CPU time."""
     from torch.profiler import ProfilerActivity, profile

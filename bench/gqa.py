@@ -144,13 +144,15 @@ def claims(speed_rows: list[list[Any]], quality: dict[str, dict[str, Any]]) -> t
         if not faster:
             disagree.append(f"at batch {batch} MQA decodes only {ratio[mqa]:.2f}x as fast as MHA: the KV read is "
                             "a small part of a step for a model this small, and per-step overhead dominates")
-    d_mqa, d_gqa = (quality[k]["val_loss"] - quality[ANCHOR]["val_loss"] for k in (mqa, gqa))
-    says.append(f"**Quality at an equal training budget**: val loss minus MHA's: GQA {d_gqa:+.4f}, MQA "
-                f"{d_mqa:+.4f} nats/char (the course: GQA ~ MHA, MQA slightly worse).")
-    if d_gqa > 0.03:
+    (d_mqa, m_mqa), (d_gqa, m_gqa) = (common.seed_gap(quality[k]["val_losses"], quality[ANCHOR]["val_losses"])
+                                      for k in (mqa, gqa))
+    noise = lambda d, m: "" if m is None else f" (95% margin {m:.4f}: {'beyond' if abs(d) > m else 'within'} noise)"
+    says.append(f"**Quality at an equal training budget**: val loss minus MHA's: GQA {d_gqa:+.4f}{noise(d_gqa, m_gqa)}"
+                f", MQA {d_mqa:+.4f}{noise(d_mqa, m_mqa)} nats/char (the course: GQA ~ MHA, MQA slightly worse).")
+    if d_gqa > 0.03 and (m_gqa is None or d_gqa > m_gqa):
         disagree.append(f"GQA trails MHA by {d_gqa:.3f} nats/char")
-    if d_mqa < -0.01:
-        disagree.append(f"MQA is not worse than MHA here ({d_mqa:+.3f} nats/char)")
+    if d_mqa < 0 or (m_mqa is not None and d_mqa <= m_mqa):
+        disagree.append(f"MQA is not worse than MHA beyond noise here ({d_mqa:+.4f} nats/char)")
     return says, disagree
 
 
@@ -224,7 +226,7 @@ def write_docs(tables: dict[str, Any], cache, speed_rows, quality, args, command
 def main() -> None:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=None, help="training steps per variant (default 500; --quick 4)")
-    p.add_argument("--seeds", type=int, default=1, help="training seeds per variant (val loss is their mean)")
+    p.add_argument("--seeds", type=int, default=3, help="training seeds per variant (val loss is their mean)")
     p.add_argument("--prefixes", type=int, nargs="+", default=None, help="prompt lengths (default 1024 2048)")
     p.add_argument("--batches", type=int, nargs="+", default=None, help="decode batch sizes (default 1 8)")
     p.add_argument("--new", type=int, default=None, help="decoded tokens per repeat (default 64)")

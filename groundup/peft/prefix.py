@@ -11,9 +11,10 @@ through the cache write.
     saved:     (n_layer, 2, Hkv, P, D) plain tensors                                      (folded)
 
 The layout, positions and masking are peft's (tests/test_prefix_oracle.py: the same prefix gives the same logits
-through peft on the Hugging Face export). peft starts its prefix at N(0, 1) noise; on SmolLM2-135M that, like
-the MLP's start, puts the training loss near 10 and 5 before the first step and leaves it there (docs/
-finetune_methods.md); the model's own keys and values of a few words start it where the model already works.
+through peft on the Hugging Face export). A prefix from noise (peft's N(0, 1), or either MLP's start) is context
+the model has never seen: on SmolLM2-135M the loss starts near 10 or 5 and stalls near 2, for peft and groundup
+alike, where a start from the model's own keys and values of a few words (init='text') starts near the model's
+own 4.5 and keeps falling (bench/prefix_vs_peft.py, docs/finetune_methods.md).
 
     prefix ─> cache.update(layer, 0, k_l, v_l) for every layer ─> model(ids, cache=cache, start=P)
 """
