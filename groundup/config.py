@@ -1,4 +1,4 @@
-"""ModelConfig: one typed dataclass for every text transformer, plus named presets.
+"""ModelConfig: one typed dataclass for every text transformer; VisionConfig for image encoders; named presets.
 
 Variants are fields, decided when the model is built (never sniffed from a name in forward).
 Presets are plain dicts of field overrides, as in minGPT.
@@ -71,6 +71,9 @@ class ModelConfig:
     router_norm_topk: bool = True  # renormalise the top-k probabilities to sum to 1 (Mixtral); False = Switch
     router_aux_loss_coef: float = 0.01  # Switch load-balancing loss weight (training only)
     router_z_loss_coef: float = 0.001  # ST-MoE router z-loss weight (training only)
+    # LayerScale (Touvron et al. 2021, CaiT; DINOv2): a learned per-channel scale on each residual branch, started
+    # at this value; None = no scale.
+    layer_scale: float | None = None
 
     def __post_init__(self) -> None:
         for name, kind in (("arch", Arch), ("pos", Pos), ("norm", Norm), ("mlp", MLPKind), ("attn_backend", Backend)):
@@ -217,3 +220,85 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; available presets: {sorted(PRESETS)}")
     return ModelConfig.from_dict({**PRESETS[name], **overrides})
+
+
+# --- vision ------------------------------------------------------------------------------------------------------
+Pool = Literal["cls", "mean"]
+
+
+@dataclass
+class VisionConfig:
+    """A Vision Transformer (Dosovitskiy et al. 2021): patches of an image are the tokens of the same pre-norm
+    blocks the text models use (block_config())."""
+
+    image_size: int = 28  # the side the position grid was trained at (other sizes interpolate it)
+    patch_size: int = 4
+    n_channels: int = 3
+    n_layer: int = 4
+    n_head: int = 4
+    d_model: int = 128
+    d_ff: int | None = None  # None = 4 * d_model
+    norm_eps: float = 1e-6
+    mlp: MLPKind = "gelu"
+    layer_scale: float | None = None  # LayerScale start value (DINOv2); None = none
+    pool: Pool = "cls"  # what forward returns (and the head reads): the CLS token or the mean of the patches
+    n_class: int = 0  # a linear classification head on the pooled features; 0 = none (a backbone)
+    dropout: float = 0.0
+    hf_pooler: bool = False  # keep a Hugging Face ViTModel's pooler (dense + tanh on CLS) so export writes it back
+    preprocess: str = "imagenet"  # the groundup.vision spec its inputs are prepared with (size, mean, std)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "patch_size", "n_channels", "n_layer", "n_head", "d_model"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"VisionConfig.{name}={value!r} must be a positive integer")
+        if self.image_size % self.patch_size:
+            fit = self.image_size // self.patch_size * self.patch_size
+            raise ConfigError(f"VisionConfig.image_size={self.image_size} is not a multiple of patch_size="
+                              f"{self.patch_size}; use a multiple, e.g. {fit}")
+        if self.d_model % self.n_head:
+            raise ConfigError(f"VisionConfig.d_model={self.d_model} is not divisible by n_head={self.n_head}")
+        if self.pool not in get_args(Pool):
+            raise ConfigError(f"VisionConfig.pool={self.pool!r} is unknown; use one of {list(get_args(Pool))}")
+        if not isinstance(self.n_class, int) or self.n_class < 0:
+            raise ConfigError(f"VisionConfig.n_class={self.n_class!r} must be 0 (no head) or the number of classes")
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model
+
+    @property
+    def grid(self) -> int:
+        """Patches per side at image_size."""
+        return self.image_size // self.patch_size
+
+    def block_config(self) -> ModelConfig:
+        """The ModelConfig of its blocks: bidirectional, pre-norm, LayerNorm, biases, as in ViT."""
+        return ModelConfig(arch="encoder", vocab_size=1, block_size=self.grid ** 2 + 1, n_layer=self.n_layer,
+                           n_head=self.n_head, d_model=self.d_model, d_ff=self.d_ff, norm="layernorm",
+                           norm_eps=self.norm_eps, prenorm=True, mlp=self.mlp, bias=True, dropout=self.dropout,
+                           layer_scale=self.layer_scale, n_segment=0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"family": "vision", **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VisionConfig:
+        return from_checked_dict(cls, {k: v for k, v in data.items() if k != "family"}, ConfigError)
+
+
+VIT = dict(norm_eps=1e-12, mlp="gelu", pool="cls")
+VISION_PRESETS: dict[str, dict[str, Any]] = {
+    # Fashion-MNIST / digits scale: 28x28 grayscale, 7x7 patches of 4 pixels.
+    "vit-tiny": dict(image_size=28, patch_size=4, n_channels=1, n_layer=4, n_head=4, d_model=128, n_class=10,
+                     preprocess="gray28"),
+    "vit-s-16": dict(VIT, image_size=224, patch_size=16, n_layer=12, n_head=6, d_model=384),
+    "vit-b-16": dict(VIT, image_size=224, patch_size=16, n_layer=12, n_head=12, d_model=768),
+    # DINOv2 ViT-S/14 (Oquab et al. 2023): trained at 518 (a 37x37 grid), LayerScale, LayerNorm eps 1e-6.
+    "dinov2-s-14": dict(image_size=518, patch_size=14, n_layer=12, n_head=6, d_model=384, layer_scale=1.0),
+}
+
+
+def vision_preset(name: str, **overrides: Any) -> VisionConfig:
+    if name not in VISION_PRESETS:
+        raise ConfigError(f"unknown vision preset {name!r}; available: {sorted(VISION_PRESETS)}")
+    return VisionConfig.from_dict({**VISION_PRESETS[name], **overrides})

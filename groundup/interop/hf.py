@@ -6,8 +6,8 @@
     from_hub(repo_id)             huggingface_hub.snapshot_download, then load_hf; fails fast when offline
 
 Families: GPT-2, Llama (SmolLM2, Llama 3 with its rope scaling), Mistral, Mixtral (MoE) -> DecoderLM;
-BertForPreTraining -> EncoderForPreTraining; a headless BertModel (e.g. all-MiniLM-L6-v2) -> Encoder. Key names
-live in hf_keys.py.
+BertForPreTraining -> EncoderForPreTraining; a headless BertModel (e.g. all-MiniLM-L6-v2) -> Encoder; ViTModel and
+Dinov2Model -> ViT (no tokenizer: `(model, None)`). Key names live in hf_keys.py and hf_vision.py.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from torch import nn
 from ..config import ConfigError, ModelConfig
 from ..models.decoder import DecoderLM
 from ..models.encoder import Encoder, EncoderForPreTraining
+from ..models.vit import ViT
 from ..tokenizer import Tokenizer, load_tokenizer, wordpiece_from_vocab
 from .hf_config import config_from_hf, config_to_hf, hf_family
 from .hf_keys import (
@@ -38,6 +39,14 @@ from .hf_keys import (
     hf_to_groundup,
     legacy_renamed,
     llama_rules,
+)
+from .hf_vision import (
+    IGNORED_VISION,
+    VISION_TYPES,
+    extra_export_tensors,
+    vision_config_from_hf,
+    vision_config_to_hf,
+    vision_rules,
 )
 
 CONFIG, WEIGHTS, INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
@@ -235,6 +244,8 @@ def load_hf(
         hf = json.loads((path / CONFIG).read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path / CONFIG} is not valid JSON ({e}); download or re-save it") from e
+    if hf.get("model_type") in VISION_TYPES:
+        return _load_vision(path, hf, dtype), None
     cfg = config_from_hf(hf)
     cfg.extra.update(source=str(path))
     tokenizer = _load_tokenizer(path, hf, cfg) if with_tokenizer else None
@@ -245,6 +256,16 @@ def load_hf(
     if dtype is not None:
         model.to(dtype)
     return model.eval(), tokenizer
+
+
+def _load_vision(path: Path, hf: dict[str, Any], dtype: torch.dtype | None) -> ViT:
+    tensors = read_safetensors(path, dtype or torch.float32)
+    cfg = vision_config_from_hf(hf, tensors)
+    cfg.extra.update(source=str(path))
+    model = ViT(cfg)
+    state = hf_to_groundup(vision_rules(cfg, hf["model_type"]), tensors, IGNORED_VISION, where=str(path))
+    load_into(model, state, str(path))
+    return model.to(dtype or torch.float32).eval()
 
 
 # --- writing ------------------------------------------------------------------------------------------
@@ -281,7 +302,21 @@ def _special_tokens(tokenizer: Tokenizer) -> dict[str, Any]:
             "tokens": tokens}
 
 
+def _write_vision(tmp: Path, model: ViT) -> None:
+    cfg = model.config
+    hf_cfg = vision_config_to_hf(cfg)
+    kind = hf_cfg["model_type"]
+    state = model.state_dict()
+    tensors = groundup_to_hf(vision_rules(cfg, kind), state)
+    tensors.update(extra_export_tensors(cfg, kind, state["pos_embed"].dtype))
+    hf_cfg["torch_dtype"] = str(state["pos_embed"].dtype).removeprefix("torch.")
+    (tmp / CONFIG).write_text(json.dumps(hf_cfg, indent=2))
+    save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp / WEIGHTS), metadata={"format": "pt"})
+
+
 def _write(tmp: Path, model: nn.Module, tokenizer: Tokenizer | None) -> None:
+    if isinstance(model, ViT):
+        return _write_vision(tmp, model)
     cfg, arch, rules = _export_plan(model)
     hf_cfg = config_to_hf(cfg, arch)
     state = model.state_dict()

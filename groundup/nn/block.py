@@ -17,6 +17,17 @@ from .moe import MoE
 from .norm import build_norm
 
 
+class LayerScale(nn.Module):
+    """x * gamma, gamma per channel (Touvron et al. 2021, "Going deeper with Image Transformers"; DINOv2)."""
+
+    def __init__(self, dim: int, init: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, causal: bool = True, cross: bool = False) -> None:
         super().__init__()
@@ -28,18 +39,23 @@ class Block(nn.Module):
         self.mlp_norm = build_norm(cfg)
         self.mlp = MoE(cfg) if cfg.n_expert > 0 else build_mlp(cfg)  # MoE: a router + n_expert MLPs
         self.drop = nn.Dropout(cfg.dropout)
+        scaled = cfg.layer_scale is not None
+        self.attn_scale = LayerScale(cfg.d_model, cfg.layer_scale) if scaled else None  # None: no call per step
+        self.mlp_scale = LayerScale(cfg.d_model, cfg.layer_scale) if scaled else None
 
-    def residual(self, x: torch.Tensor, norm: nn.Module, f) -> torch.Tensor:
+    def residual(self, x: torch.Tensor, norm: nn.Module, f, scale: nn.Module | None = None) -> torch.Tensor:
+        branch = (lambda h: scale(f(h))) if scale is not None else f
         if self.prenorm:
-            return x + self.drop(f(norm(x)))
-        return norm(x + self.drop(f(x)))
+            return x + self.drop(branch(norm(x)))
+        return norm(x + self.drop(branch(x)))
 
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = False,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None, cache: KVCache | None = None,
         layer: int = 0, start: int = 0, memory: torch.Tensor | None = None, memory_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = self.residual(x, self.attn_norm, lambda h: self.attn(h, mask, is_causal, rope, cache, layer, start))
+        x = self.residual(x, self.attn_norm, lambda h: self.attn(h, mask, is_causal, rope, cache, layer, start),
+                          self.attn_scale)
         if self.cross_attn is not None:
             x = self.residual(x, self.cross_norm, lambda h: self.cross_attn(h, memory_mask, memory=memory))
-        return self.residual(x, self.mlp_norm, self.mlp)
+        return self.residual(x, self.mlp_norm, self.mlp, self.mlp_scale)
