@@ -186,5 +186,6 @@ def test_unsupported_peft_options_are_refused(bases, tmp_path) -> None:
     (out / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
     with pytest.raises(P.PeftError, match=r"uses \['use_dora'\]"):
         load_peft(copy.deepcopy(llama), out)
+    gpt2, _ = bases["gpt2"]  # BitFit needs biases; peft has no BitFit layout
     with pytest.raises(P.PeftError, match="HF PEFT layout covers"):
-        save_peft(P.inject(copy.deepcopy(llama), P.PrefixTuningConfig(n_virtual_tokens=2)), tmp_path / "prefix")
+        save_peft(P.inject(copy.deepcopy(gpt2), P.BitFitConfig()), tmp_path / "bitfit")
