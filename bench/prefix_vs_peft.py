@@ -56,6 +56,7 @@ def ours(base, tok, kind: str, start: torch.Tensor | None):
     import copy
 
     from groundup import peft as P
+    from groundup.peft.prefix import prefix_from_flat
 
     cfg = {"mlp": P.PrefixTuningConfig(N_VIRTUAL, reparam_hidden=512),
            "direct": P.PrefixTuningConfig(N_VIRTUAL, reparam_hidden=None),
@@ -64,8 +65,7 @@ def ours(base, tok, kind: str, start: torch.Tensor | None):
     if start is not None:
         c = base.config
         with torch.no_grad():  # peft's flat (P, L * 2 * Hkv * D) -> groundup's (L, 2, Hkv, P, D)
-            model.prefixes["default"].prefix.copy_(
-                start.view(N_VIRTUAL, c.n_layer, 2, c.n_kv_head, c.head_dim).permute(1, 2, 3, 0, 4))
+            model.prefixes["default"].prefix.copy_(prefix_from_flat(start, c.n_layer, c.n_kv_head, c.head_dim))
     return (lambda b: model(b["input_ids"], attention_mask=b["attention_mask"])), list(
         P.trainable_parameters(model).values())
 

@@ -40,6 +40,7 @@ from ..peft.config import IA3Config, LoraConfig, PeftError, PrefixTuningConfig, 
 from ..peft.ia3 import IA3Linear
 from ..peft.layer import features
 from ..peft.lora import LoraLinear
+from ..peft.prefix import prefix_from_flat, prefix_to_flat
 from ..peft.saving import load_into
 from .hf_config import hf_family
 from .hf_keys import KeyRule, bert_rules, gpt2_rules, llama_rules
@@ -151,7 +152,7 @@ def _export_prefix(model: nn.Module, name: str, table: list[ModuleMap]) -> tuple
     config = {"peft_type": "PREFIX_TUNING", "num_virtual_tokens": P, "token_dim": H * D, "num_attention_heads": H,
               "num_layers": L, "num_transformer_submodules": 1, "encoder_hidden_size": H * D,
               "prefix_projection": False}
-    return config, {"prompt_embeddings": prefix.permute(3, 0, 1, 2, 4).reshape(P, L * 2 * H * D)}
+    return config, {"prompt_embeddings": prefix_to_flat(prefix)}
 
 
 EXPORTERS: dict[str, Callable[[nn.Module, str, list[ModuleMap]], tuple[dict, dict]]] = {
@@ -278,9 +279,8 @@ def _import_prefix(model, config, tensors, name, table, family, where):
         raise PeftError(f"{where}: prompt_embeddings {tuple(weight.shape)} do not fit this model ({L} layers x 2 x "
                         f"{H} key/value heads x {D} = {L * 2 * H * D} per virtual token); the adapter was made for "
                         "another model")
-    P = weight.shape[0]
-    prefix = weight.view(P, L, 2, H, D).permute(1, 2, 3, 0, 4)  # (L, 2, Hkv, P, D)
-    return PrefixTuningConfig(n_virtual_tokens=P, reparam_hidden=None), {"prefix": prefix.contiguous()}
+    prefix = prefix_from_flat(weight, L, H, D)  # (L, 2, Hkv, P, D)
+    return PrefixTuningConfig(n_virtual_tokens=weight.shape[0], reparam_hidden=None), {"prefix": prefix.contiguous()}
 
 
 IMPORTERS = {"LORA": _import_lora, "IA3": _import_ia3, "PROMPT_TUNING": _import_prompt,

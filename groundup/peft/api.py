@@ -193,8 +193,7 @@ def _add_to_wrapper(model: nn.Module, cfg: PeftConfig, name: str, tokenizer) -> 
     if isinstance(model, PromptModel):
         model.add_adapter(name, init_prompt(cfg, model.token_embedding().weight, tokenizer))
     else:
-        start = text_prefix(model.base_model, init_ids(cfg, tokenizer), cfg.n_virtual_tokens) \
-            if cfg.init == "text" else None
+        start = text_prefix(model.base_model, init_ids(cfg, tokenizer)) if cfg.init == "text" else None
         model.add_adapter(name, cfg.n_virtual_tokens, cfg.reparam_hidden, start)
 
 

@@ -54,9 +54,8 @@ class PrefixEncoder(nn.Module):
     def forward(self) -> torch.Tensor:
         if self.mlp is None:
             return self.prefix
-        L, _, H, P, D = self.shape
-        kv = self.mlp(self.embedding)  # (P, L * 2 * H * D)
-        return kv.view(P, L, 2, H, D).permute(1, 2, 3, 0, 4)  # (L, 2, H, P, D)
+        L, _, H, _, D = self.shape
+        return prefix_from_flat(self.mlp(self.embedding), L, H, D)  # (P, L * 2 * H * D) -> (L, 2, H, P, D)
 
     def fold(self) -> None:
         """Replace the reparameterisation by the prefix tensors it currently produces (same outputs)."""
@@ -68,17 +67,27 @@ class PrefixEncoder(nn.Module):
         self.prefix = nn.Parameter(value)
 
 
-def text_prefix(model: nn.Module, ids: list[int], n_virtual: int) -> torch.Tensor:
-    """The keys and values `model` computes for the tokens `ids` (repeated or cut to n_virtual) at positions
-    0..n_virtual-1: (n_layer, 2, Hkv, n_virtual, D). As a prefix, they make the input read as if those words came
-    first."""
+def text_prefix(model: nn.Module, ids: list[int]) -> torch.Tensor:
+    """The keys and values `model` computes for the tokens `ids` at positions 0..P-1 (P = len(ids)):
+    (n_layer, 2, Hkv, P, D). As a prefix, they make the input read as if those words came first."""
     ref = next(model.parameters())
-    ids = (ids * -(-n_virtual // len(ids)))[:n_virtual]
-    cache = model.new_cache(1, n_virtual, ref.dtype)
+    P = len(ids)
+    cache = model.new_cache(1, P, ref.dtype)
     with torch.no_grad():
         model(torch.tensor([ids], device=ref.device), cache=cache, start=0)
-    layers = [torch.stack([k[0, :, :n_virtual], v[0, :, :n_virtual]]) for k, v in zip(cache.k, cache.v, strict=True)]
+    layers = [torch.stack([k[0, :, :P], v[0, :, :P]]) for k, v in zip(cache.k, cache.v, strict=True)]
     return torch.stack(layers)  # (n_layer, 2, Hkv, P, D)
+
+
+def prefix_from_flat(kv: torch.Tensor, n_layer: int, n_kv_head: int, head_dim: int) -> torch.Tensor:
+    """(P, n_layer * 2 * Hkv * D), the flat per-token layout of peft's prefix (and of the MLP's output), ->
+    (n_layer, 2, Hkv, P, D)."""
+    return kv.view(kv.shape[0], n_layer, 2, n_kv_head, head_dim).permute(1, 2, 3, 0, 4)
+
+
+def prefix_to_flat(prefix: torch.Tensor) -> torch.Tensor:
+    """(n_layer, 2, Hkv, P, D) -> (P, n_layer * 2 * Hkv * D): prefix_from_flat's inverse."""
+    return prefix.permute(3, 0, 1, 2, 4).reshape(prefix.shape[3], -1)
 
 
 class PrefixModel(nn.Module):

@@ -52,14 +52,16 @@ def token_embedding_name(model: nn.Module) -> str:
 
 
 def init_ids(cfg: PromptTuningConfig | PrefixTuningConfig, tokenizer) -> list[int]:
-    """The tokens of cfg.init_text (init='text' of prompt and prefix tuning)."""
+    """cfg.n_virtual_tokens tokens of cfg.init_text, repeated or cut to fit, as peft's PromptTuningInit.TEXT does
+    (init='text' of prompt and prefix tuning)."""
     owner = type(cfg).__name__
     if tokenizer is None:
         raise PeftError(f"{owner}.init='text' needs the tokenizer: inject(model, cfg, tokenizer=tokenizer)")
     ids = tokenizer.encode(cfg.init_text)
     if not ids:
         raise PeftError(f"{owner}.init_text={cfg.init_text!r} encodes to no tokens; give some words")
-    return ids
+    n = cfg.n_virtual_tokens
+    return (ids * math.ceil(n / len(ids)))[:n]
 
 
 def init_prompt(cfg: PromptTuningConfig, tok_emb: torch.Tensor, tokenizer=None) -> torch.Tensor:
@@ -69,7 +71,6 @@ def init_prompt(cfg: PromptTuningConfig, tok_emb: torch.Tensor, tokenizer=None) 
     if cfg.init == "random":
         return torch.randn(n, tok_emb.shape[1], dtype=tok_emb.dtype, device=tok_emb.device) * tok_emb.detach().std()
     ids = init_ids(cfg, tokenizer)
-    ids = (ids * math.ceil(n / len(ids)))[:n]
     return tok_emb.detach()[torch.tensor(ids, device=tok_emb.device)].clone()
 
 
