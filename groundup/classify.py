@@ -339,12 +339,14 @@ def _fit(job: ClassifyJob, texts: list[str], labels: list[str]) -> FeatureClassi
 
 
 def classify(job: ClassifyJob) -> ClassifyResult:
-    """Train, evaluate and save a text classifier on an encoder; label new lines with it.
-
-    Methods: logreg / forest (frozen embeddings + scikit-learn), finetune (all weights) or lora (the one loop).
-    With --classifier a saved classifier only labels --predict lines."""
+    """Train, evaluate and save a classifier on an encoder (text) or a ViT (images); label new inputs with it.
+    See ClassifyJob; images go to apps.classify_images."""
     if job.method not in ("logreg", "forest", "finetune", "lora"):
         raise ValueError(f"method={job.method!r} is unknown; use logreg, forest, finetune or lora")
+    from .apps.classify_images import classify_images, is_image_classifier, is_image_data
+
+    if is_image_classifier(job.classifier) or (not job.classifier and is_image_data(job.data)):
+        return classify_images(job)
     lines = [x for x in Path(job.predict).read_text(encoding="utf-8").splitlines() if x.strip()] if job.predict else []
     if job.classifier:
         clf, acc, majority, n_train, n_test, saved = load_classifier(job.classifier), None, None, 0, 0, None

@@ -15,7 +15,7 @@ from typing import Any, Literal, get_args
 Arch = Literal["decoder", "encoder", "seq2seq"]
 Pos = Literal["learned", "sinusoidal", "rope", "alibi"]
 Norm = Literal["layernorm", "rmsnorm"]
-MLPKind = Literal["gelu", "gelu_tanh", "relu", "swiglu", "geglu"]
+MLPKind = Literal["gelu", "gelu_tanh", "relu", "swiglu", "geglu", "quick_gelu"]
 Backend = Literal["sdpa", "naive"]
 
 
@@ -245,6 +245,8 @@ class VisionConfig:
     n_class: int = 0  # a linear classification head on the pooled features; 0 = none (a backbone)
     dropout: float = 0.0
     hf_pooler: bool = False  # keep a Hugging Face ViTModel's pooler (dense + tanh on CLS) so export writes it back
+    pre_norm: bool = False  # a LayerNorm on the embeddings before the blocks (CLIP's "ln_pre")
+    patch_bias: bool = True  # the patch Conv2d's bias (CLIP's has none)
     preprocess: str = "imagenet"  # the groundup.vision spec its inputs are prepared with (size, mean, std)
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -87,7 +87,11 @@ def check_job(job: PretrainJob) -> None:
 
 
 def pretrain(job: PretrainJob) -> TrainResult:
-    """Pretrain a model from scratch on a corpus (decoder, encoder or encoder-decoder)."""
+    """Pretrain a model from scratch: a decoder, encoder or encoder-decoder on a corpus, or a ViT on images."""
+    from .apps.vision import is_vision, pretrain_vision
+
+    if is_vision(job):
+        return pretrain_vision(job)
     shape = model_config(job, vocab_size=1)  # arch and context, before the tokenizer fixes the vocabulary
     check_job(job)
     data, tok = build_data(job, shape.arch, shape.block_size)

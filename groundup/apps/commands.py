@@ -84,6 +84,8 @@ def quantize_cli(job: QuantizeJob) -> QuantReport:
 
 
 def embed_cli(job: EmbedJob) -> Path:
+    if job.images:
+        return embed_images_cli(job)
     lines = read_text_corpus(Path(job.input)).splitlines() if job.input else []  # one row per line, blank ones too
     if not lines:
         raise ValueError("--input is missing or has no lines; give a text file with one sentence per line")
@@ -91,4 +93,33 @@ def embed_cli(job: EmbedJob) -> Path:
     vectors = embed_texts(model, require_tokenizer(tok, job.model, "embed"), lines, job.batch_size).numpy()
     np.save(job.out, vectors)
     print(f"wrote {job.out}: {vectors.shape[0]} embeddings of size {vectors.shape[1]}")
+    return Path(job.out)
+
+
+def embed_images_cli(job: EmbedJob) -> Path:
+    """Image embeddings: a CLIP's image embedding or a ViT's pooled features, L2-normalised; <out>.txt lists the
+    files in row order."""
+    import torch
+
+    from ..models.clip import CLIP
+    from ..vision.preprocess import image_files, load_image, preprocess, spec_at
+    from .classify_images import image_features, require_vit
+
+    if job.input:
+        raise ValueError("give --input (text lines) or --images, not both")
+    files = image_files(job.images)
+    model, _ = load_pretrained(job.model)
+    vit = model.visual if isinstance(model, CLIP) else require_vit(model, job.model, "embed --images")
+    spec = spec_at(vit.config.preprocess, vit.config.image_size)
+    pixels = preprocess([load_image(f, spec.channels) for f in files], spec)
+    with torch.inference_mode():
+        if isinstance(model, CLIP):
+            vectors = torch.cat([model.encode_image(pixels[i:i + job.batch_size])
+                                 for i in range(0, len(pixels), job.batch_size)]).float()
+        else:
+            vectors = torch.nn.functional.normalize(image_features(vit, pixels, job.batch_size), dim=-1)
+    np.save(job.out, vectors.numpy())
+    listing = Path(job.out).with_suffix(".txt")
+    listing.write_text("".join(f"{f}\n" for f in files))
+    print(f"wrote {job.out}: {len(files)} image embeddings of size {vectors.shape[1]} (files in order: {listing})")
     return Path(job.out)

@@ -7,7 +7,8 @@
 
 Families: GPT-2, Llama (SmolLM2, Llama 3 with its rope scaling), Mistral, Mixtral (MoE) -> DecoderLM;
 BertForPreTraining -> EncoderForPreTraining; a headless BertModel (e.g. all-MiniLM-L6-v2) -> Encoder; ViTModel and
-Dinov2Model -> ViT (no tokenizer: `(model, None)`). Key names live in hf_keys.py and hf_vision.py.
+Dinov2Model -> ViT, CLIPModel -> CLIP (no tokenizer: `(model, None)`). Key names live in hf_keys.py, hf_vision.py
+and hf_clip.py.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..config import ConfigError, ModelConfig
+from ..models.clip import CLIP
 from ..models.decoder import DecoderLM
 from ..models.encoder import Encoder, EncoderForPreTraining
 from ..models.vit import ViT
 from ..tokenizer import Tokenizer, load_tokenizer, wordpiece_from_vocab
+from .hf_clip import clip_from_hf, write_clip_hf
 from .hf_config import config_from_hf, config_to_hf, hf_family
 from .hf_keys import (
     IGNORED,
@@ -246,6 +249,9 @@ def load_hf(
         raise ConfigError(f"{path / CONFIG} is not valid JSON ({e}); download or re-save it") from e
     if hf.get("model_type") in VISION_TYPES:
         return _load_vision(path, hf, dtype), None
+    if hf.get("model_type") == "clip":  # no tokenizer: groundup.tokenizer_clip.ClipTokenizer gives CLIP's ids
+        model = clip_from_hf(hf, read_safetensors(path, dtype or torch.float32), str(path))
+        return model.to(dtype or torch.float32).eval(), None
     cfg = config_from_hf(hf)
     cfg.extra.update(source=str(path))
     tokenizer = _load_tokenizer(path, hf, cfg) if with_tokenizer else None
@@ -317,6 +323,8 @@ def _write_vision(tmp: Path, model: ViT) -> None:
 def _write(tmp: Path, model: nn.Module, tokenizer: Tokenizer | None) -> None:
     if isinstance(model, ViT):
         return _write_vision(tmp, model)
+    if isinstance(model, CLIP):
+        return write_clip_hf(tmp, model, tokenizer)
     cfg, arch, rules = _export_plan(model)
     hf_cfg = config_to_hf(cfg, arch)
     state = model.state_dict()

@@ -67,6 +67,9 @@ def vision_family(cfg: VisionConfig) -> str:
     if cfg.n_class:
         raise ConfigError("save_hf exports a ViT backbone (ViTModel / Dinov2Model); this one has a classification "
                           "head: export its backbone, or save it as a groundup checkpoint")
+    if cfg.pre_norm or not cfg.patch_bias:  # CLIP's vision tower: only CLIPModel has ln_pre and a bias-free patch
+        raise ConfigError("save_hf: ViTModel / Dinov2Model have no pre-norm (VisionConfig.pre_norm) and always a patch "
+                          "bias (patch_bias); this is a CLIP vision tower: export the whole groundup CLIP (CLIPModel)")
     if cfg.layer_scale is not None:
         if cfg.hf_pooler or cfg.d_ff % cfg.d_model:
             raise ConfigError("Dinov2Model has no pooler and an MLP of mlp_ratio x d_model; this ViT has neither")

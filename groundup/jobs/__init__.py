@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from .files import ArithmeticJob, AugmentJob, CleanJob, ConvertJob, QuantizeJob
 from .train import ClassifyJob, FinetuneJob, MergeJob, PretrainJob, QuickstartJob
-from .use import ChatJob, EmbedJob, EvalJob, FewShotJob, GenerateJob, ServeJob
+from .use import ChatJob, EmbedJob, EvalJob, FewShotJob, GenerateJob, ServeJob, ZeroShotJob
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,11 @@ COMMANDS = {
 """),
     "embed": Command(EmbedJob, "groundup.apps.commands:embed_cli", """
   groundup embed --input sentences.txt --out embeddings.npy     # all-MiniLM-L6-v2 from its package
+  groundup embed --model dinov2-vits14 --images photos/ --out photos.npy     # DINOv2-S/14 image features
+"""),
+    "zeroshot": Command(ZeroShotJob, "groundup.apps.zeroshot:zeroshot", """
+  groundup zeroshot --model runs/clip/ckpt --images shirt.png --labels "t-shirt,trouser,bag,sandal"
+  groundup zeroshot --model runs/lit/ckpt --images photos/ --labels "cat,dog" --templates templates.txt --top_k 1
 """),
     "finetune": Command(FinetuneJob, "groundup.finetune:finetune", """
   groundup data arithmetic --out_dir data/arithmetic

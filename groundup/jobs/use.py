@@ -1,4 +1,4 @@
-"""The options of the commands that use a model: generate, eval, chat, embed, fewshot, serve."""
+"""The options of the commands that use a model: generate, eval, chat, embed, zeroshot, fewshot, serve."""
 
 from __future__ import annotations
 
@@ -58,12 +58,27 @@ class ChatJob:
 
 @dataclass
 class EmbedJob:
-    """Sentence embeddings (mean-pooled, L2-normalised) for each line of a file, saved as .npy."""
+    """Embeddings (L2-normalised) saved as .npy: of each line of a text file with an encoder (mean-pooled), or of
+    images with a vision model (a ViT's pooled features) or a CLIP (its image embedding)."""
 
-    model: str = "all-minilm-l6-v2"  # an encoder: HF dir, checkpoint, or packaged name
+    model: str = "all-minilm-l6-v2"  # an encoder: HF dir, checkpoint, or packaged name; a ViT / CLIP for images
     input: str = ""  # a text file, one sentence per line
+    images: str = ""  # instead of --input: an image file or a folder of images (the row order goes to <out>.txt)
     out: str = "embeddings.npy"
     batch_size: int = 32
+
+
+@dataclass
+class ZeroShotJob:
+    """Zero-shot image classification with a CLIP model: each image against the labels' prompt embeddings
+    (CLIP's prompt ensembling); prints the top-k labels with their probabilities."""
+
+    model: str = ""  # a CLIP: a groundup checkpoint or a Hugging Face CLIPModel folder
+    images: str = ""  # an image file or a folder of images
+    labels: str = ""  # comma-separated class names, at least two: "t-shirt,trouser,bag"
+    templates: str = ""  # a text file, one prompt template per line with {} for the label ("" = "a photo of a {}.")
+    top_k: int = 3
+    out: str = ""  # also write image<TAB>label<TAB>probability rows (the top 1) to this TSV file
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
     pixels (B, C, H, W) ─> Conv2d(kernel = stride = patch) ─> patches (B, N, d), N = (H / p) x (W / p)
         [CLS] + patches + positions (learned; bicubically resized when the grid differs from training's)
+        (─> LayerNorm: CLIP's ln_pre, VisionConfig.pre_norm)
         ─> Block x n_layer (groundup.nn, bidirectional, pre-norm; LayerScale for DINOv2) ─> LayerNorm
         ─> features (B, 1 + N, d) ─> pool: the CLS token or the patches' mean (B, d) ─> head (B, n_class)
 
@@ -24,10 +25,12 @@ class ViT(nn.Module):
         super().__init__()
         self.config = cfg
         d = cfg.d_model
-        self.patch_embed = nn.Conv2d(cfg.n_channels, d, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.patch_embed = nn.Conv2d(cfg.n_channels, d, kernel_size=cfg.patch_size, stride=cfg.patch_size,
+                                     bias=cfg.patch_bias)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.grid ** 2, d))  # CLS first, then the grid row-major
         block_cfg = cfg.block_config()
+        self.pre_norm = build_norm(block_cfg) if cfg.pre_norm else None  # CLIP's ln_pre; None: no key, no call
         self.blocks = nn.ModuleList(Block(block_cfg, causal=False) for _ in range(cfg.n_layer))
         self.norm = build_norm(block_cfg)
         self.pooler = nn.Linear(d, d) if cfg.hf_pooler else None
@@ -70,6 +73,8 @@ class ViT(nn.Module):
         B, _, gh, gw = x.shape
         x = x.flatten(2).transpose(1, 2)  # (B, N, d)
         x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1) + self.positions(gh, gw)  # (B, 1 + N, d)
+        if self.pre_norm is not None:
+            x = self.pre_norm(x)
         for block in self.blocks:
             x = block(x)
         return self.norm(x)

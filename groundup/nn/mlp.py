@@ -14,6 +14,7 @@ ACTIVATIONS = {
     "relu": F.relu,
     "swiglu": F.silu,
     "geglu": lambda x: F.gelu(x, approximate="tanh"),
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),  # OpenAI CLIP's sigmoid approximation of GELU
 }
 
 

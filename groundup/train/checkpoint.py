@@ -17,6 +17,7 @@ the previous checkpoint under `.<name>.old`, which `load_checkpoint` / the next 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import shutil
@@ -189,6 +190,7 @@ def save_checkpoint(
 def check_architecture(saved: dict[str, Any], model: nn.Module, path: Path) -> None:
     """Raise CheckpointError naming every architecture field where checkpoint and model differ."""
     current = _config_dict(model)
+    saved = {**_defaults(model), **saved}  # a field added since the checkpoint was written has its default there
     keys = (set(saved) | set(current)) - NON_ARCH_FIELDS
     diffs = [
         f"{k}: checkpoint={saved.get(k)!r} model={current.get(k)!r}"
@@ -201,6 +203,14 @@ def check_architecture(saved: dict[str, Any], model: nn.Module, path: Path) -> N
             f"{'; '.join(diffs)}. Build the model from the checkpoint's config.json "
             "(load_checkpoint(path) with model=None does this) or point at the right checkpoint"
         )
+
+
+def _defaults(model: nn.Module) -> dict[str, Any]:
+    """The model's config class's default for every field that has one."""
+    cls = type(getattr(model, "config", None))
+    if not dataclasses.is_dataclass(cls):
+        return {}
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
 
 
 def _require_files(path: Path, names: list[str]) -> None:
@@ -219,7 +229,10 @@ def _build_from_config(saved: dict[str, Any]) -> nn.Module:
     from groundup.config import ModelConfig
     from groundup.models import Encoder, build_model
     from groundup.models.encoder import BODY_KEY
+    from groundup.models.registry import FAMILIES, build_family
 
+    if saved.get("family") in FAMILIES:  # a non-text family: its own config class and model
+        return build_family(saved)
     cfg = ModelConfig.from_dict(saved)
     body = cfg.extra.get(BODY_KEY)
     model = Encoder(cfg, pooler=bool(body.get("pooler"))) if isinstance(body, dict) else build_model(cfg)
@@ -246,12 +259,18 @@ def load_checkpoint(
         _recover(path)
     _require_files(path, [MODEL_FILE, CONFIG_FILE] + ([OPTIMIZER_FILE] if optimizer is not None else []))
     saved = json.loads((path / CONFIG_FILE).read_text())
-    if model is None:
+    built = model is None
+    if built:
         model = _build_from_config(saved)
     model = unwrap(model)
     check_architecture(saved, model, path)
     device = next(iter(model.parameters())).device
     if _is_trainable_only(path / MODEL_FILE):
+        if built:  # e.g. a LiT run (ClipConfig.lock): the config rebuilds the freezing, not the frozen weights
+            raise CheckpointError(
+                f"{path / MODEL_FILE} holds only the trainable parameters of a run with frozen ones, so a model built "
+                "from config.json would keep those at random values; pass model= holding the frozen part (the same "
+                "pretrained base, adapters or locked tower) to load_checkpoint")
         _load_trainable(model, path / MODEL_FILE, device)
     else:
         missing, unexpected = load_model(model, path / MODEL_FILE, strict=False, device=str(device))

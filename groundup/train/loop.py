@@ -255,6 +255,9 @@ class _Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
+        hook = getattr(self.raw, "after_optimizer_step", None)  # e.g. CLIP clamps its learned temperature
+        if hook is not None:
+            hook()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from groundup.models.clip import contrastive_loss
 from groundup.nn.moe import moe_aux_loss
 
 IGNORE_INDEX = -100
@@ -98,7 +99,29 @@ def seq2seq(model: nn.Module, batch: Batch, counts: dict[str, Tensor] | None = N
     return loss, {"loss": loss.detach()}
 
 
-OBJECTIVES: dict[str, Objective] = {"causal_lm": causal_lm, "mlm_nsp": mlm_nsp, "seq2seq": seq2seq}
+def image_classification(
+    model: nn.Module, batch: Batch, counts: dict[str, Tensor] | None = None
+) -> tuple[Tensor, Metrics]:
+    """One label per image (ViT): labels (B,) against the class logits (B, n_class)."""
+    _need(batch, ("pixels", "labels"), "image_classification")
+    loss = _ce(model(batch["pixels"]), batch["labels"], "labels", counts)
+    return loss, {"loss": loss.detach()}
+
+
+def clip(model: nn.Module, batch: Batch) -> tuple[Tensor, Metrics]:
+    """CLIP (Radford et al. 2021): the symmetric contrastive loss of the batch's image/caption pairs (pixels,
+    input_ids, optional attention_mask; optional caption_ids: rows sharing one are positives of each other, e.g.
+    two images of one class captioned alike). The negatives are the other pairs of the same micro-batch (nothing is
+    gathered across micro-steps or ranks), so there are no target counts: the loop averages the equal-sized
+    micro-batches' losses."""
+    _need(batch, ("pixels", "input_ids"), "clip")
+    logits_per_image, _ = model(batch["pixels"], batch["input_ids"], attention_mask=batch.get("attention_mask"))
+    loss = contrastive_loss(logits_per_image, batch.get("caption_ids"))  # (B, B) -> (); shared captions: positives
+    return loss, {"loss": loss.detach()}
+
+
+OBJECTIVES: dict[str, Objective] = {"causal_lm": causal_lm, "mlm_nsp": mlm_nsp, "seq2seq": seq2seq,
+                                    "image_classification": image_classification, "clip": clip}
 
 
 def get_objective(name_or_fn: str | Objective) -> Objective:
@@ -111,8 +134,10 @@ def get_objective(name_or_fn: str | Objective) -> Objective:
 
 
 def token_count(batch: dict[str, Any]) -> int:
-    """Tokens processed by the model for this batch (for tokens/s): every token-id tensor's size."""
-    return sum(int(batch[k].numel()) for k in ("input_ids", "src_ids", "tgt_in") if k in batch)
+    """Tokens processed by the model for this batch (for tokens/s): every token-id tensor's size; for a batch of
+    images without text, the number of images (the tokens/s column then counts images/s)."""
+    tokens = sum(int(batch[k].numel()) for k in ("input_ids", "src_ids", "tgt_in") if k in batch)
+    return tokens or (len(batch["pixels"]) if "pixels" in batch else 0)
 
 
 __all__ = [
@@ -120,8 +145,10 @@ __all__ = [
     "OBJECTIVES",
     "Objective",
     "causal_lm",
+    "clip",
     "count_targets",
     "get_objective",
+    "image_classification",
     "mlm_nsp",
     "seq2seq",
     "token_count",

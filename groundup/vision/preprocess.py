@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -27,8 +28,8 @@ import PIL.Image
 import PIL.ImageOps
 import torch
 
-__all__ = ["IMAGE_EXTENSIONS", "SPECS", "ImageError", "ImageNotFoundError", "ImageSpec", "load_image",
-           "load_images", "preprocess"]
+__all__ = ["IMAGE_EXTENSIONS", "SPECS", "ImageError", "ImageNotFoundError", "ImageSpec", "image_files", "load_image",
+           "load_images", "preprocess", "spec_at"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 ImageInput = str | os.PathLike | PIL.Image.Image | np.ndarray
@@ -89,6 +90,17 @@ SPECS: dict[str, ImageSpec] = {
 }
 
 
+def spec_at(name: str, size: int) -> ImageSpec:
+    """The named spec at a model's input side: a model trained at another size keeps the spec's mean and std."""
+    if name not in SPECS:
+        raise ValueError(f"unknown image spec {name!r}; known: {sorted(SPECS)}")
+    spec = SPECS[name]
+    if spec.size == size:
+        return spec
+    resize = None if spec.resize is None else round(spec.resize * size / spec.size)
+    return dataclasses.replace(spec, size=size, resize=resize)
+
+
 def _convert(img: PIL.Image.Image, channels: int) -> PIL.Image.Image:
     """Any Pillow mode -> RGB (channels=3) or L (channels=1)."""
     target = "RGB" if channels == 3 else "L"
@@ -123,6 +135,11 @@ def load_image(image: str | os.PathLike | PIL.Image.Image, channels: int = 3) ->
 
 def load_images(paths: str | os.PathLike | Iterable[str | os.PathLike], channels: int = 3) -> list[PIL.Image.Image]:
     """Load files; a directory stands for its image files (sorted by name, not recursive, hidden files skipped)."""
+    return [load_image(f, channels) for f in image_files(paths)]
+
+
+def image_files(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+    """The files load_images reads, in its order: a directory stands for its image files."""
     items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     files: list[Path] = []
     for item in items:
@@ -138,7 +155,7 @@ def load_images(paths: str | os.PathLike | Iterable[str | os.PathLike], channels
         files.extend(found)
     if not files:
         raise ImageError("no images given; pass a file, a directory or a list of files")
-    return [load_image(f, channels) for f in files]
+    return files
 
 
 def _from_array(arr: np.ndarray, channels: int) -> PIL.Image.Image:
