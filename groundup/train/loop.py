@@ -190,8 +190,11 @@ class _Trainer:
             "world_size": self.env.world_size,
             "train_config": self.cfg.to_dict(),
         }
-        frozen = any(not p.requires_grad for p in self.raw.parameters())  # PEFT: the base is rebuilt on resume
-        save_checkpoint(self.ckpt_dir, self.raw, self.optimizer, state, self.tokenizer, trainable_only=frozen)
+        # PEFT: the frozen base is rebuilt from its own files on resume, so only the trained tensors are saved; a
+        # model whose frozen part is its own (CLIP's locked LiT tower) says so and is saved whole
+        frozen = any(not p.requires_grad for p in self.raw.parameters())
+        partial = frozen and not getattr(self.raw, "saves_frozen_weights", False)
+        save_checkpoint(self.ckpt_dir, self.raw, self.optimizer, state, self.tokenizer, trainable_only=partial)
 
     # ---------------------------------------------------------------- one step
     def _autocast(self) -> AbstractContextManager:
