@@ -130,7 +130,8 @@ def main() -> None:
                 acc[kind][fraction].append(run(kind, subset(full, fraction, seed), chosen[kind], steps, seed,
                                                Path(tmp) / f"{kind}-{fraction}-{seed}", 0.0, "test"))
                 seconds[(kind, fraction)] = time.perf_counter() - t0
-                print(f"{kind} on {fraction:.0%} (seed {seed}): test accuracy {acc[kind][fraction][-1]:.4f}", flush=True)
+                print(f"{kind} on {fraction:.0%} (seed {seed}): test accuracy {acc[kind][fraction][-1]:.4f}",
+                      flush=True)
 
         for fraction in FRACTIONS:
             train_seed(fraction, 1337)
@@ -196,8 +197,8 @@ def write_doc(args, steps, search_steps, params, chosen, table, search_table, ve
         f"# Do ViTs need more data than CNNs? Fashion-MNIST at 5%, 20% and 100%\n\n{smoke}"
         f"Command: `{info['command']}`  \nMachine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, "
         f"{info['date']} (load average {info['load_avg_1min']})\n\n"
-        f"ViT: groundup `vit-tiny` as configs/vit-fashion.yaml has it (28x28 grayscale, 4x4 patches of 7 pixels, 4 blocks, "
-        f"d=128; {params['vit']:,} parameters). "
+        "ViT: groundup `vit-tiny` as configs/vit-fashion.yaml has it (28x28 grayscale, 4x4 patches of 7 pixels, "
+        f"4 blocks, d=128; {params['vit']:,} parameters). "
         f"CNN: four 3x3 conv + batch norm + ReLU layers of widths {CNNConfig().widths}, max-pools after the first "
         f"two, global average pooling, a linear head ({params['cnn']:,} parameters). Both trained by the one "
         f"training loop for {steps} steps of batch {BATCH} (AdamW, weight decay 0.05, cosine to lr/100, 5% warmup, "

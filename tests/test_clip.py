@@ -21,7 +21,7 @@ from groundup.models.clip import (
     zero_shot_classifier,
     zero_shot_predict,
 )
-from groundup.train import CheckpointError, TrainConfig, load_checkpoint, train
+from groundup.train import TrainConfig, load_checkpoint, train
 from groundup.train.objectives import OBJECTIVES
 
 SOT, EOT, N_PAIRS = 10, 11, 8
@@ -174,9 +174,10 @@ def test_lit_keeps_the_locked_tower_fixed_and_in_eval_mode(tmp_path: Path, lock:
     # LiT locks the tower, not its projection (see CLIP.__init__)
     assert not torch.equal(model.visual_projection.weight, before["visual_projection.weight"])
     assert not any(p.requires_grad for p in locked.parameters())
-    # the run saved only the trainable parameters: rebuilt from its config alone, the locked tower would be random
-    with pytest.raises(CheckpointError, match="only the trainable parameters"):
-        load_checkpoint(result.checkpoint)
+    # the locked tower is saved with the rest (it may hold pretrained weights nothing else can rebuild)
+    rebuilt = load_checkpoint(result.checkpoint).model
+    assert all(torch.equal(v, rebuilt.state_dict()[k]) for k, v in model.state_dict().items())
+    assert not any(p.requires_grad for p in rebuilt.locked_tower().parameters())
 
 
 def test_tiny_clip_learns_8_pairs_and_its_checkpoint_rebuilds_it(tmp_path: Path):

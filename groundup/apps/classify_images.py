@@ -27,7 +27,7 @@ from ..data.images import ImageClassData, LabelledImages, image_source
 from ..jobs.train import ClassifyJob
 from ..loading import load_pretrained
 from ..models.vit import ViT
-from ..train import TrainConfig, load_checkpoint, save_checkpoint, train
+from ..train import TrainConfig, save_checkpoint, train
 from ..vision.preprocess import ImageSpec, image_files, load_image, preprocess, spec_at
 
 IMAGE_FEATURE_FORMAT = "groundup-image-feature-classifier"

@@ -53,7 +53,8 @@ def folder_images(root: str | Path, spec: ImageSpec, test_fraction: float = 0.2,
     """root/<class>/<image files>: each sub-folder is a class (sorted by name); a seeded test_fraction of each
     class is held out as test. Images are resized with `spec` as they are read."""
     root = Path(root)
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+    found = root.iterdir() if root.is_dir() else []
+    classes = sorted(p.name for p in found if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
         raise ImageError(f"{root}: an image folder needs at least two class sub-folders (root/<class>/<image>); "
                          f"found {classes or 'none'}")

@@ -165,6 +165,8 @@ def contrastive_loss(logits_per_image: torch.Tensor, groups: torch.Tensor | None
 
 
 class CLIP(nn.Module):
+    saves_frozen_weights = True  # a LiT-locked tower is part of the model (not a base rebuilt on resume): save it
+
     def __init__(self, cfg: ClipConfig) -> None:
         super().__init__()
         self.config = cfg
@@ -203,10 +205,19 @@ class CLIP(nn.Module):
         if input_ids.dim() != 2:
             raise ValueError(f"CLIP expects input_ids (B, T); got {tuple(input_ids.shape)} (ClipTokenizer gives "
                              "(B, 77))")
-        h = self.text(input_ids, attention_mask)  # (B, T, d)
+        # Columns past the last one pooling reads are padding that changes nothing (the causal tower never looks
+        # ahead; the mean is masked), yet a 77-token row mostly is padding: cut them (1.9x a training step).
+        if self.config.text_pool == "eot":
+            eot = self.eot_positions(input_ids)  # (B,)
+            keep = int(eot.max()) + 1
+        else:
+            keep = input_ids.shape[1] if attention_mask is None else int(attention_mask.any(dim=0).nonzero().max()) + 1
+        input_ids = input_ids[:, :keep]
+        attention_mask = None if attention_mask is None else attention_mask[:, :keep]
+        h = self.text(input_ids, attention_mask)  # (B, keep, d)
         if self.config.text_pool == "mean":
             return mean_pool(h, attention_mask, normalize=False)
-        return h[torch.arange(h.shape[0], device=h.device), self.eot_positions(input_ids)]  # (B, d)
+        return h[torch.arange(h.shape[0], device=h.device), eot]  # (B, d)
 
     def eot_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B,) where each row's <end_of_text> is: its first eot_id, or the argmax of the ids (eot_id None)."""
@@ -220,23 +231,34 @@ class CLIP(nn.Module):
                              "token the text is read at; tokenize with ClipTokenizer, which ends every row with it")
         return hit.int().argmax(dim=-1)  # the first one: padding may repeat the id after it
 
-    def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """Image embeddings (B, embed_dim), L2-normalised unless normalize=False."""
-        emb = self.visual_projection(self.image_features(pixels))
+    def encode_image(self, pixels: torch.Tensor | None, normalize: bool = True, *,
+                     features: torch.Tensor | None = None) -> torch.Tensor:
+        """Image embeddings (B, embed_dim), L2-normalised unless normalize=False. `features`: the image tower's
+        pooled output precomputed (a locked tower's never changes, see `cache_locked_tower`), used instead of
+        running the tower on `pixels`."""
+        feats = features if features is not None else self.image_features(_given(pixels, "pixels"))
+        emb = self.visual_projection(feats.to(self.visual_projection.weight.dtype))
         return F.normalize(emb, dim=-1) if normalize else emb
 
     def encode_text(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, normalize: bool = True
+        self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None = None, normalize: bool = True, *,
+        features: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Text embeddings (B, embed_dim), L2-normalised unless normalize=False. attention_mask: 1 = token, 0 = pad."""
-        emb = self.text_projection(self.text_features(input_ids, attention_mask))
+        """Text embeddings (B, embed_dim), L2-normalised unless normalize=False. attention_mask: 1 = token, 0 = pad.
+        `features`: the text tower's pooled output precomputed, used instead of running the tower."""
+        feats = features if features is not None else self.text_features(_given(input_ids, "input_ids"),
+                                                                          attention_mask)
+        emb = self.text_projection(feats.to(self.text_projection.weight.dtype))
         return F.normalize(emb, dim=-1) if normalize else emb
 
     def forward(
-        self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self, pixels: torch.Tensor | None, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None = None,
+        *, image_features: torch.Tensor | None = None, text_features: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits_per_image (B_img, B_txt), logits_per_text (B_txt, B_img)): scaled cosine similarities."""
-        image, text = self.encode_image(pixels), self.encode_text(input_ids, attention_mask)
+        """(logits_per_image (B_img, B_txt), logits_per_text (B_txt, B_img)): scaled cosine similarities.
+        image_features / text_features: a tower's pooled output precomputed (pass None for its raw input)."""
+        image = self.encode_image(pixels, features=image_features)
+        text = self.encode_text(input_ids, attention_mask, features=text_features)
         logits_per_text = self.logit_scale.exp() * text @ image.t()  # (B_txt, B_img)
         return logits_per_text.t(), logits_per_text
 
@@ -248,6 +270,53 @@ class CLIP(nn.Module):
     def after_optimizer_step(self) -> None:
         """The training loop's hook after each optimizer step."""
         self.clamp_logit_scale()
+
+
+def _given(x: torch.Tensor | None, name: str) -> torch.Tensor:
+    if x is None:
+        raise ValueError(f"CLIP: {name}=None needs the tower's precomputed features instead (image_features= / "
+                         "text_features=, see cache_locked_tower); pass one of the two")
+    return x
+
+
+# --- a locked tower's features, computed once (LiT, Zhai et al. 2022, sec. 3: locking makes them precomputable)
+@torch.no_grad()
+def locked_tower_features(model: CLIP, inputs: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                          batch_size: int = 256) -> torch.Tensor:
+    """(N, d_tower) float32 pooled features of the LiT-locked tower (config.lock) for all `inputs` (pixels for
+    "image", input_ids for "text"), in chunks of batch_size, in eval mode. They equal what forward() computes
+    inside, so training on them gives the same logits without running the frozen tower at every step."""
+    lock = model.config.lock
+    if lock == "":
+        raise ValueError("locked_tower_features: the model locks no tower (ClipConfig.lock=''); a trained tower's "
+                         "features change every step, so they cannot be cached. Set lock='image' or 'text'")
+    device = model.logit_scale.device
+    out = []
+    with _evaluating(model):
+        for i in range(0, len(inputs), batch_size):
+            x = inputs[i:i + batch_size].to(device)
+            if lock == "image":
+                out.append(model.image_features(x).float())
+            else:
+                m = None if attention_mask is None else attention_mask[i:i + batch_size].to(device)
+                out.append(model.text_features(x, m).float())
+    return torch.cat(out).cpu()
+
+
+def cache_locked_tower(model: CLIP, data: Any, batch_size: int = 256) -> str:
+    """Fill `data` (an ImageTextData, or any source with pixels / input_ids / attention_mask / caption_ids rows
+    and `set_features`) with the locked tower's features; its batches then carry them as "image_features" or
+    "text_features" in place of the raw input, which the model takes by those keyword names. Text features are
+    computed once per distinct caption (caption_ids). Returns the batch key filled."""
+    if model.config.lock == "image":
+        key, feats = "image_features", locked_tower_features(model, data.pixels, batch_size=batch_size)
+    else:
+        first = torch.zeros(int(data.caption_ids.max()) + 1, dtype=torch.long)
+        first[data.caption_ids] = torch.arange(len(data.caption_ids))  # any row of each caption: all hold its ids
+        per_caption = locked_tower_features(model, data.input_ids[first], data.attention_mask[first], batch_size)
+        key, feats = "text_features", per_caption[data.caption_ids]  # (N, d_text)
+    data.set_features(key, feats)
+    return key
 
 
 # --- zero-shot classification (Radford et al. 2021, sec. 3.1.4) ---------------------------------------------------

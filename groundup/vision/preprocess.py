@@ -15,10 +15,10 @@ clipped; CMYK goes through Pillow's plain conversion (no colour profile). EXIF o
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Iterable
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
