@@ -43,7 +43,6 @@ Also a pixel probe (the same regression on raw pixels): how separable the three 
 from __future__ import annotations
 
 import itertools
-import re
 import sys
 import tempfile
 import time
@@ -61,12 +60,11 @@ from groundup.data.image_text import (  # noqa: E402
     CAPTION_TEMPLATES,
     FASHION_CLASSES,
     ImageTextData,
-    emoji_pairs,
-    fashion_captions,
+    caption_pairs,
     fashion_mnist,
 )
 from groundup.loading import load_pretrained  # noqa: E402
-from groundup.models.clip import CLIP, cache_locked_tower, clip_preset, contrastive_loss, zero_shot_classifier  # noqa: E402
+from groundup.models.clip import CLIP, cache_locked_tower, clip_preset, zero_shot_classifier  # noqa: E402
 from groundup.tokenizer_clip import ClipTokenizer  # noqa: E402
 from groundup.train import TrainConfig, train  # noqa: E402
 from groundup.vision.preprocess import SPECS  # noqa: E402
@@ -94,51 +92,22 @@ class WordPieceIds:
         return ids
 
 
-class ClipIds:
-    """ClipTokenizer at CTX positions (the text tower's block_size), not 77: same tokens, less padding compute."""
-
-    def __init__(self) -> None:
-        self.tok = ClipTokenizer()
-        self.eot_id = self.tok.eot_id
-
-    def __call__(self, texts: list[str]) -> torch.Tensor:
-        return self.tok(texts, context_length=CTX)
-
-
 def pairs(strict: bool, seed: int = 0) -> tuple[list, list[int], int]:
-    """(pairs, groups, n_emoji): emoji (groups 10+i) + PER_CLASS seeded seen-class Fashion train images
-    (group = class). strict: emoji whose caption holds a held-out class word are dropped."""
-    words = {FASHION_CLASSES[c] for c in HELD_OUT}
-    emoji = [(img, cap) for img, cap in emoji_pairs(size=28, background=(0, 0, 0))
-             if not (strict and words & set(re.findall(r"[a-z-]+", cap)))]
-    emoji = [(img.convert("L"), cap) for img, cap in emoji]
-    images, labels = fashion_mnist(split="train")
-    rng = np.random.default_rng(seed)
-    rows = np.concatenate([rng.choice(np.flatnonzero(labels == c), PER_CLASS, replace=False) for c in SEEN])
-    captions = fashion_captions(labels[rows], seed=seed)
-    fashion = [(images[r], cap) for r, cap in zip(rows.tolist(), captions, strict=True)]
-    groups = [10 + i for i in range(len(emoji))] + labels[rows].tolist()
-    return emoji + fashion, groups, len(emoji)
+    """(pairs, groups, n_emoji): emoji + PER_CLASS seeded seen-class Fashion train images (data.caption_pairs)."""
+    prs, groups = caption_pairs(held_out=HELD_OUT, per_class=PER_CLASS, strict=strict, seed=seed)
+    return prs, groups, sum(g >= len(FASHION_CLASSES) for g in groups)
 
 
 def build(kind: str, minilm) -> tuple[CLIP, object]:
     """(model, tokenizer) for 'scratch' or 'lit-text' (MiniLM's weights copied into the locked text tower)."""
     if kind == "scratch":
-        return CLIP(clip_preset("clip-tiny", text={"block_size": CTX})), ClipIds()
+        return CLIP(clip_preset("clip-tiny", text={"block_size": CTX})), ClipTokenizer(context_length=CTX)
     encoder, tok = minilm
     model = CLIP(clip_preset("clip-tiny", text=encoder.config.to_dict(), text_pool="mean", lock="text",
                              eot_id=None))
     body = {k: v for k, v in encoder.state_dict().items() if not k.startswith("pooler.")}  # CLS pooler unused
     model.text.load_state_dict(body)
     return model, WordPieceIds(tok)
-
-
-def objective(model: CLIP, batch: dict) -> tuple[torch.Tensor, dict]:
-    """The 'clip' objective, passing a cached locked tower's features through (objectives.clip predates them)."""
-    logits, _ = model(batch.get("pixels"), batch.get("input_ids"), batch.get("attention_mask"),
-                      image_features=batch.get("image_features"), text_features=batch.get("text_features"))
-    loss = contrastive_loss(logits, batch["caption_ids"])
-    return loss, {"loss": loss.detach()}
 
 
 def fit(kind: str, minilm, data: ImageTextData, lr: float, seed: int, steps: int, out: Path) -> tuple[CLIP, float]:
@@ -152,7 +121,7 @@ def fit(kind: str, minilm, data: ImageTextData, lr: float, seed: int, steps: int
                       min_lr=lr / 10, warmup_steps=max(1, steps // 10), weight_decay=0.2, beta2=0.98,
                       eval_every=steps, eval_batches=8, ckpt_every=0, dtype="fp32", device="cpu", seed=seed,
                       log_every=max(1, steps // 10), progress=False)
-    result = train(model, objective, data, cfg)
+    result = train(model, "clip", data, cfg)
     return model.eval(), float(result.val_loss)
 
 

@@ -87,11 +87,16 @@ def check_job(job: PretrainJob) -> None:
 
 
 def pretrain(job: PretrainJob) -> TrainResult:
-    """Pretrain a model from scratch: a decoder, encoder or encoder-decoder on a corpus, or a ViT on images."""
+    """Pretrain a model from scratch: a decoder, encoder or encoder-decoder on a corpus, a ViT on labelled images
+    or a CLIP on image-caption pairs."""
     from .apps.vision import is_vision, pretrain_vision
 
     if is_vision(job):
         return pretrain_vision(job)
+    from .apps.clip_train import is_clip, pretrain_clip
+
+    if is_clip(job):
+        return pretrain_clip(job)
     shape = model_config(job, vocab_size=1)  # arch and context, before the tokenizer fixes the vocabulary
     check_job(job)
     data, tok = build_data(job, shape.arch, shape.block_size)

@@ -101,7 +101,8 @@ class ClipTokenizer(Tokenizer):
     LongTensor of [sot] + ids + [eot], zero-padded, cut so that the last kept id is eot.
     `backend` expects cleaned text (a saved tokenizer.json does not clean or lowercase)."""
 
-    def __init__(self, vocab_path: str | os.PathLike | None = None) -> None:
+    def __init__(self, vocab_path: str | os.PathLike | None = None, context_length: int = CLIP_CONTEXT_LENGTH) -> None:
+        self.context_length = context_length  # what tok(texts) pads to: the text tower's positions
         file = clip_vocab_path(vocab_path)
         try:
             lines = gzip.open(file).read().decode("utf-8").split("\n")
@@ -145,8 +146,10 @@ class ClipTokenizer(Tokenizer):
         plain = iter(e.ids for e in self.backend.encode_batch([p for p in pieces if p not in special]))
         return [i for p in pieces for i in ([special[p]] if p in special else next(plain))]
 
-    def __call__(self, texts: str | Sequence[str], context_length: int = CLIP_CONTEXT_LENGTH) -> torch.Tensor:
-        """open_clip.tokenize: (N, context_length) LongTensor, [sot] + ids + [eot], zero-padded."""
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
+        """open_clip.tokenize: (N, context_length) LongTensor, [sot] + ids + [eot], zero-padded (None: the
+        tokenizer's own context_length, 77 unless given)."""
+        context_length = self.context_length if context_length is None else context_length
         if context_length < 2:
             raise ValueError(f"context_length={context_length} leaves no room for <start_of_text> and <end_of_text>")
         rows = self.encode_batch([texts] if isinstance(texts, str) else list(texts), add_special_tokens=True)

@@ -3,6 +3,8 @@ DINOv2 weights; the bad inputs the issue names get one-line errors and write not
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 from cli_helpers import groundup
@@ -87,3 +89,30 @@ def test_embed_images_with_dinov2_writes_normalised_rows_in_file_order(tmp_path)
     assert vectors.shape == (3, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
     assert out.with_suffix(".txt").read_text().splitlines() == [str(pics / f"{i}.png") for i in range(3)]
     assert not np.allclose(vectors[0], vectors[1])  # different images, different features
+
+
+def test_pretrain_a_clip_on_emoji_and_fashion_then_zeroshot_with_it(tmp_path):
+    run = tmp_path / "clip"
+    r = groundup("pretrain", "--model.preset=clip-tiny", "--data.images=emoji+fashion-mnist",
+                 "--data.held_out=[dress, coat, sandal]", "--train.max_steps=8", "--train.batch_size=32",
+                 "--train.eval_every=8", "--train.eval_batches=1", f"--train.out_dir={run}", "--train.progress=false")
+    assert r.returncode == 0, r.stderr
+    scores = json.loads((run / "test_metrics.json").read_text())
+    assert set(scores) == {"seen classes among 7 names", "held-out classes among their 3 names",
+                           "held-out classes among all 10 names", "step"}
+    assert all(0.0 <= v <= 1.0 for k, v in scores.items() if k != "step")
+    assert "zero-shot held-out classes among their 3 names" in r.stdout
+    pics = _pictures(tmp_path / "pics", n=2)
+    r = groundup("zeroshot", f"--model={run / 'ckpt'}", f"--images={pics}", "--labels=dress,coat")
+    assert r.returncode == 0, r.stderr
+    assert len([x for x in r.stdout.splitlines() if x.startswith(str(pics))]) == 2
+
+
+def test_clip_pretraining_refuses_bad_data_options(tmp_path):
+    out = tmp_path / "run"
+    for extra, message in ((["--data.images=digits"], "--data.images='digits'"),
+                           (["--data.images=fashion-mnist", "--data.held_out=[dress]"], "names one class"),
+                           (["--data.images=fashion-mnist", "--data.held_out=[socks, coat]"], "['socks']")):
+        r = groundup("pretrain", "--model.preset=clip-tiny", *extra, f"--train.out_dir={out}")
+        assert r.returncode != 0 and message in r.stderr, (extra, r.stderr)
+    assert not out.exists()

@@ -17,6 +17,7 @@ from ..tokenizer_clip import ClipTokenizer
 from ..vision.preprocess import image_files, load_image, preprocess, spec_at
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
+CLIP_VOCAB_SIZE = 49408
 
 
 def parse_labels(raw: str) -> list[str]:
@@ -43,8 +44,13 @@ def read_templates(path: str) -> list[str]:
 def require_clip(model: torch.nn.Module, name: str) -> CLIP:
     if not isinstance(model, CLIP):
         raise ValueError(f"zeroshot needs a CLIP model (an image and a text tower); {name!r} is a "
-                         f"{type(model).__name__}. Train one with bench/clip_zeroshot.py or pass a Hugging Face "
-                         "CLIPModel folder")
+                         f"{type(model).__name__}. Train one with `groundup pretrain --model.preset=clip-tiny "
+                         "--data.images=emoji+fashion-mnist` or pass a Hugging Face CLIPModel folder")
+    vocab = model.config.text.vocab_size
+    if vocab != CLIP_VOCAB_SIZE:
+        raise ValueError(f"{name!r}: its text tower reads a {vocab}-token vocabulary, but zeroshot writes the labels "
+                         f"with CLIP's BPE ({CLIP_VOCAB_SIZE} tokens); use zero_shot_classifier with that model's own "
+                         "tokenizer in Python")
     return model
 
 
@@ -63,7 +69,8 @@ def zeroshot(job: ZeroShotJob) -> list[list[tuple[str, float]]]:
     vision = model.config.vision
     spec = spec_at(vision.preprocess, vision.image_size)
     pixels = preprocess([load_image(f, spec.channels) for f in files], spec)
-    probs = zero_shot_predict(model, zero_shot_classifier(model, ClipTokenizer(), labels, templates), pixels)
+    tokenizer = ClipTokenizer(context_length=model.config.text.block_size)
+    probs = zero_shot_predict(model, zero_shot_classifier(model, tokenizer, labels, templates), pixels)
     k = min(job.top_k, len(labels))
     top = probs.topk(k, dim=-1)
     results = [[(labels[int(i)], float(p)) for p, i in zip(ps, ids, strict=True)]

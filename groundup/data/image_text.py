@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import unicodedata
 import zlib
 from collections.abc import Sequence
@@ -330,3 +331,40 @@ class ImageTextData:
         starts = torch.cumsum(sizes, 0) - sizes
         offset = (torch.rand(len(sizes), generator=generator, dtype=torch.float64) * sizes).long()  # < size
         return rows[order[starts + offset]]
+
+
+# -------------------------------------------------------------------------------------- CLIP training sets
+CAPTION_SOURCES = ("emoji", "fashion-mnist")
+
+
+def caption_pairs(sources: Sequence[str] = CAPTION_SOURCES, held_out: Sequence[int] = (), per_class: int | None = None,
+                  strict: bool = False, seed: int = 0, size: int = 28, gray: bool = True,
+                  ) -> tuple[list[tuple[object, str]], list[int]]:
+    """(pairs, groups) for CLIP training: Noto emoji on black with their names (each its own group) and/or
+    Fashion-MNIST training images of the classes not in `held_out`, captioned from CAPTION_TEMPLATES (the class is
+    the group: two images of one class are positives of each other). per_class: a seeded subset of that many
+    images per seen class (None: all). strict: also drop the emoji whose caption names a held-out class, so its
+    word never appears in training. Emoji are `size` pixels, grayscale when `gray` (Fashion-MNIST's form)."""
+    unknown = sorted(set(sources) - set(CAPTION_SOURCES))
+    if unknown or not sources:
+        raise ValueError(f"caption sources {unknown or list(sources)}: use one or more of {list(CAPTION_SOURCES)}")
+    bad = [c for c in held_out if not 0 <= c < len(FASHION_CLASSES)]
+    if bad:
+        raise ValueError(f"held-out classes {bad}: Fashion-MNIST classes are 0..9 ({', '.join(FASHION_CLASSES)})")
+    pairs: list[tuple[object, str]] = []
+    groups: list[int] = []
+    if "emoji" in sources:
+        words = {FASHION_CLASSES[c] for c in held_out}
+        for img, cap in emoji_pairs(size=size, background=(0, 0, 0)):
+            if strict and words & set(re.findall(r"[a-z-]+", cap)):
+                continue
+            pairs.append((img.convert("L") if gray else img, cap))
+            groups.append(len(FASHION_CLASSES) + len(groups))
+    if "fashion-mnist" in sources:
+        images, labels = fashion_mnist(split="train")
+        rng = np.random.default_rng(seed)
+        seen = [c for c in range(len(FASHION_CLASSES)) if c not in held_out]
+        rows = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in seen])
+        pairs += list(zip(images[rows], fashion_captions(labels[rows], seed=seed), strict=True))
+        groups += labels[rows].tolist()
+    return pairs, groups

@@ -30,13 +30,15 @@ class DataSpec:
     task: Literal["text", "reversal", "pairs"] = "text"  # seq2seq: reverse random strings, or src<TAB>tgt lines
     n_pairs: int = 20000  # reversal task size
     val_fraction: float = 0.1
-    images: str = ""  # a vision model's images: fashion-mnist | digits | a folder of class folders
-    augment: list[str] = field(default_factory=list)  # training images: shift (random crops), flip (left-right)
+    images: str = ""  # a ViT: fashion-mnist | digits | a folder of class folders; a CLIP: emoji+fashion-mnist
+    augment: list[str] = field(default_factory=list)  # ViT training images: shift (random crops), flip (left-right)
+    held_out: list[str] = field(default_factory=list)  # CLIP: Fashion-MNIST classes kept out of training (zero-shot)
 
 
 @dataclass
 class PretrainJob:
-    """Pretrain a model from scratch: a decoder, encoder or encoder-decoder on a corpus, or a ViT on images."""
+    """Pretrain a model from scratch: a decoder, encoder or encoder-decoder on a corpus, a ViT on labelled images
+    or a CLIP on image-caption pairs (model.preset names a vision or CLIP preset)."""
 
     model: dict[str, Any] = field(default_factory=lambda: {"preset": "gpt-shakespeare-char"})
     data: DataSpec = field(default_factory=DataSpec)

@@ -114,8 +114,12 @@ def clip(model: nn.Module, batch: Batch) -> tuple[Tensor, Metrics]:
     two images of one class captioned alike). The negatives are the other pairs of the same micro-batch (nothing is
     gathered across micro-steps or ranks), so there are no target counts: the loop averages the equal-sized
     micro-batches' losses."""
-    _need(batch, ("pixels", "input_ids"), "clip")
-    logits_per_image, _ = model(batch["pixels"], batch["input_ids"], attention_mask=batch.get("attention_mask"))
+    for raw, cached in (("pixels", "image_features"), ("input_ids", "text_features")):
+        if raw not in batch and cached not in batch:
+            raise KeyError(f"objective 'clip' needs batch key {raw!r} (or {cached!r}, a locked tower's cached "
+                           f"features: models.clip.cache_locked_tower); got {sorted(batch)}")
+    logits_per_image, _ = model(batch.get("pixels"), batch.get("input_ids"), batch.get("attention_mask"),
+                                image_features=batch.get("image_features"), text_features=batch.get("text_features"))
     loss = contrastive_loss(logits_per_image, batch.get("caption_ids"))  # (B, B) -> (); shared captions: positives
     return loss, {"loss": loss.detach()}
 
