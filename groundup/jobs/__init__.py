@@ -33,6 +33,8 @@ COMMANDS = {
   groundup pretrain --config configs/gpt-shakespeare-char.yaml
   groundup pretrain --config configs/bert-mini-mlm.yaml --train.max_steps=200
   groundup pretrain --config configs/transformer-reversal.yaml
+  groundup pretrain --config configs/vit-fashion.yaml                  # a ViT on Fashion-MNIST (or vit-digits.yaml)
+  groundup pretrain --model.preset=clip-tiny --data.images=emoji+fashion-mnist --data.held_out='[dress, coat, sandal]'
   torchrun --nproc_per_node=2 -m groundup pretrain --config configs/gpt-tiny.yaml
 """),
     "generate": Command(GenerateJob, "groundup.apps.commands:generate_cli", """
