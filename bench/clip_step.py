@@ -10,14 +10,15 @@
      (train.optim.build_optimizer) and after_optimizer_step hook; open_clip its ClipLoss and the clamp its training
      script applies. Interleaved (A B A B ...), warmup then the median of the timed repeats.
      Rows: open_clip (the anchor); groundup on input_ids alone (what open_clip gets); groundup with the
-     attention_mask that ImageTextData batches carry (what `groundup train` feeds the model); and the experiments
-     below, each a monkeypatch of the library prototyped here.
+     attention_mask that ImageTextData batches carry (what `groundup train` feeds the model). Both sides pad the
+     captions to 77; groundup's text tower stops at the last column its pooling reads (models/clip.py), open_clip
+     runs all 77.
   3. --profile: torch.profiler's top ops of each side's step.
 
     python bench/clip_step.py [--quick] [--threads 1] [--profile] [--batch 64]
 
 open_clip 3.3.0 imports torchvision; the PyPI torchvision 0.28.0 (the release for torch 2.13) is a CUDA build whose
-compiled ops cannot load next to torch 2.13.0+cpu, so `make bench` installs it outside the venv's site-packages
+compiled ops cannot load next to torch 2.13.0+cpu, so `make bench-vision` installs it outside the venv's site-packages
 (.venv/anchors, --no-deps) where only this benchmark sees it, and the two op schemas torchvision's import-time
 registrations need are declared here first (open_clip's CLIP uses no torchvision op). Installed into the venv
 itself, that half-working torchvision breaks `transformers`' image processors for every other test and bench.
@@ -32,11 +33,9 @@ import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from types import MethodType
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,8 +45,6 @@ sys.path.insert(0, str(ROOT))
 import common  # noqa: E402
 
 from groundup.models.clip import CLIP, clip_preset  # noqa: E402
-from groundup.nn import attention as gu_attention  # noqa: E402
-from groundup.nn.mlp import ACTIVATIONS  # noqa: E402
 from groundup.tokenizer_clip import ClipTokenizer  # noqa: E402
 from groundup.train import objectives  # noqa: E402
 from groundup.train.config import TrainConfig  # noqa: E402
@@ -71,7 +68,7 @@ def import_open_clip() -> Any:
     spec = importlib.util.find_spec("torchvision")
     if spec is None:
         raise SystemExit("bench/clip_step.py needs torchvision for `import open_clip`: .venv/bin/python -m pip install "
-                         "-c constraints.txt --no-deps --target .venv/anchors torchvision==0.28.0 (make bench does)")
+                         "-c constraints.txt --no-deps --target .venv/anchors torchvision==0.28.0 (make bench-vision does)")
     try:
         torch.ops.load_library(str(Path(spec.origin).parent / "_C.so"))
     except (OSError, RuntimeError):
@@ -185,57 +182,6 @@ def groundup_step(model: CLIP, opt: torch.optim.Optimizer, keys: tuple[str, ...]
     return step
 
 
-# --- experiments: library changes prototyped as monkeypatches (per model instance) ------------------------------
-def fused_qkv_forward(self, x, mask=None, is_causal=False, rope=None, cache=None, layer=0, start=0, memory=None):
-    """Attention.forward with one (3 H D, d) matmul for q, k and v (self-attention, no cache, no RoPE, MHA): the
-    three weights are concatenated on each call (autograd splits the gradient back), so the parameters and the
-    state-dict keys stay q_proj / k_proj / v_proj."""
-    if memory is not None or cache is not None or rope is not None or self.n_kv_head != self.n_head:
-        return gu_attention.Attention.forward(self, x, mask, is_causal, rope, cache, layer, start, memory)
-    B, T, _ = x.shape
-    weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])  # (3 H D, d)
-    bias = None if self.q_proj.bias is None else torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
-    qkv = F.linear(x, weight, bias).view(B, T, 3, self.n_head, self.head_dim)  # (B, T, 3, H, D)
-    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, D)
-    dropout = self.dropout if self.training else 0.0
-    y = gu_attention.attend(q, k, v, mask, is_causal, self.backend, dropout)  # (B, H, T, D)
-    return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))  # (B, T, d_model)
-
-
-def quick_gelu_silu(x: torch.Tensor) -> torch.Tensor:
-    """x * sigmoid(1.702 x) = silu(1.702 x) / 1.702: one fused kernel forward and backward instead of three."""
-    return F.silu(x * 1.702) * (1 / 1.702)
-
-
-def trimmed_text_features(self, input_ids, attention_mask=None):
-    """CLIP.text_features on the columns up to the batch's last <end_of_text> (causal tower) or last real token
-    (mean-pooled tower): later columns are padding that no pooled row reads (causal attention never looks ahead;
-    the mean and the keys are masked), so the features are the same and the text tower skips the padding."""
-    if self.config.text_pool == "eot":
-        keep = int(self.eot_positions(input_ids).max()) + 1
-    elif attention_mask is not None:
-        keep = int(attention_mask.any(dim=0).nonzero().max()) + 1
-    else:
-        keep = input_ids.shape[1]
-    mask = None if attention_mask is None else attention_mask[:, :keep]
-    return CLIP.text_features(self, input_ids[:, :keep], mask)  # (B, d_text)
-
-
-EXPERIMENTS = {"fused qkv": ("qkv",), "quick_gelu as silu": ("silu",), "trim text padding": ("trim",),
-               "all three": ("qkv", "silu", "trim")}
-
-
-def patch(model: CLIP, changes: tuple[str, ...]) -> CLIP:
-    for module in model.modules():
-        if "qkv" in changes and isinstance(module, gu_attention.Attention):
-            module.forward = MethodType(fused_qkv_forward, module)
-        if "silu" in changes and getattr(module, "act", None) is ACTIVATIONS["quick_gelu"]:
-            module.act = quick_gelu_silu
-    if "trim" in changes:
-        model.text_features = MethodType(trimmed_text_features, model)
-    return model
-
-
 # --- main --------------------------------------------------------------------------------------------------------
 def parity(open_clip: Any, oc: nn.Module, gu: CLIP, batch: dict[str, torch.Tensor]) -> dict[str, float]:
     """Max |logit difference| before training and after 3 steps of each side's own training step."""
@@ -261,10 +207,9 @@ def parity(open_clip: Any, oc: nn.Module, gu: CLIP, batch: dict[str, torch.Tenso
 Contender = tuple[Callable[[], Any], Callable[[], torch.Tensor]]  # (one training step, its model's logits now)
 
 
-def contenders(open_clip: Any, batch: dict[str, torch.Tensor], experiments: bool
-               ) -> tuple[dict[str, Contender], dict[str, float]]:
-    """Each contender trains its own copy of the same weights; every groundup one (experiments too) must give
-    open_clip's logits before it is timed."""
+def contenders(open_clip: Any, batch: dict[str, torch.Tensor]) -> tuple[dict[str, Contender], dict[str, float]]:
+    """Each contender trains its own copy of the same weights; every groundup one must give open_clip's logits
+    before it is timed."""
     torch.manual_seed(0)
     ref = build_open_clip(open_clip).train()
     state = open_clip_to_groundup(dict(ref.state_dict()))
@@ -275,15 +220,11 @@ def contenders(open_clip: Any, batch: dict[str, torch.Tensor], experiments: bool
     out: dict[str, Contender] = {"open_clip": (partial(open_clip_step(open_clip, oc, open_clip_optimizer(oc)), batch),
                                                partial(open_clip_logits, oc, batch))}
     ids, masked = ("pixels", "input_ids"), ("pixels", "input_ids", "attention_mask")
-    plan = [("groundup", (), ids), ("groundup + attention_mask", (), masked)]
-    if experiments:
-        plan += [(f"groundup, {name}", changes, ids) for name, changes in EXPERIMENTS.items()]
-        plan += [("groundup + attention_mask, all three", EXPERIMENTS["all three"], masked)]
     gaps = {}
-    for name, changes, keys in plan:
+    for name, keys in (("groundup", ids), ("groundup + attention_mask", masked)):
         m = build_groundup()
         m.load_state_dict(state)
-        m = patch(m.train(), changes)
+        m.train()
         logits = partial(groundup_logits, m, {k: batch[k] for k in keys})
         gaps[name] = (logits() - want).abs().max().item()
         if gaps[name] > 1e-4:
@@ -315,7 +256,6 @@ def main() -> None:
     p.set_defaults(threads=1)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--profile", action="store_true", help="print torch.profiler's top ops of each side's step")
-    p.add_argument("--no-experiments", action="store_true", help="time open_clip and groundup only")
     args = p.parse_args()
     common.setup(args.threads)
     open_clip = import_open_clip()
@@ -327,7 +267,7 @@ def main() -> None:
     gu.load_state_dict(open_clip_to_groundup(dict(oc.state_dict())))
     check = parity(open_clip, oc, gu, batch)
 
-    runs, check["contenders_before_training"] = contenders(open_clip, batch, not args.no_experiments)
+    runs, check["contenders_before_training"] = contenders(open_clip, batch)
     fns = {name: step for name, (step, _) in runs.items()}
     warmup, repeat = (1, 3) if args.quick else (2, 12)
     wall, cpu = common.interleaved(fns, warmup, repeat)

@@ -141,7 +141,7 @@ def main() -> None:
     n_test = len(full.test[1])
     n_train = {f: len(subset(full, f, 1337).train[1]) for f in FRACTIONS}
     headers = ["training images", "ViT test acc", "CNN test acc", "ViT - CNN (95% margin)", "verdict"]
-    rows, verdicts = [], []
+    rows, verdicts, gaps = [], [], {}
     for f in FRACTIONS:
         gap, margin = common.seed_gap(acc["vit"][f], acc["cnn"][f])
         if margin is None:  # one seed: the test set's own sampling error of the two accuracies
@@ -151,6 +151,12 @@ def main() -> None:
                      f"{gap:+.4f} (±{margin:.4f})", f"{len(acc['vit'][f])} seed(s): {word}"])
         verdicts.append(f"- {f:.0%} of the data ({n_train[f]:,} images): ViT {np.mean(acc['vit'][f]):.2%}, CNN "
                         f"{np.mean(acc['cnn'][f]):.2%}: {word}.")
+        gaps[f] = (gap, margin)
+    verdicts.append(trend(gaps))
+    edges = [k for k in params if chosen[k] in (min(rates), max(rates)) and len(rates) > 1]
+    if edges:
+        verdicts.append(f"- Caveat: the rate search chose the edge of its grid for {' and '.join(edges)}; a wider "
+                        "grid might move those numbers.")
     search_rows = [[k, f"{lr:g}", v] for (k, lr), v in search.items()]
     title = f"ViT vs CNN on Fashion-MNIST subsets, {steps} steps x batch {BATCH}, test accuracy on {n_test:,} images"
     table = common.show(title, headers, rows)
@@ -164,6 +170,16 @@ def main() -> None:
                                 {"accuracy": {k: {str(f): v for f, v in d.items()} for k, d in acc.items()},
                                  "chosen_lr": chosen, "params": params, "seeds_per_subset": seeds})
     print(f"wrote {path}, {doc}, {png}")
+
+
+def trend(gaps: dict[float, tuple[float, float]]) -> str:
+    """Does the CNN's lead shrink as the data grows (the claim), beyond the two gaps' margins?"""
+    (small, m_small), (large, m_large) = gaps[FRACTIONS[0]], gaps[FRACTIONS[-1]]
+    change, margin = large - small, m_small + m_large
+    word = ("within noise" if abs(change) <= margin else "the ViT closes in with more data" if change > 0
+            else "the gap widens with more data")
+    return (f"- ViT - CNN goes from {small:+.2%} at {FRACTIONS[0]:.0%} to {large:+.2%} at {FRACTIONS[-1]:.0%} of the "
+            f"data: a change of {change:+.2%} (margin {margin:.2%}): {word}.")
 
 
 def _mean_spread(xs: list[float]) -> str:
