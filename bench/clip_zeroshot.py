@@ -73,7 +73,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 HELD_OUT = (3, 4, 5)  # dress, coat, sandal
 SEEN = tuple(c for c in range(10) if c not in HELD_OUT)
 PER_CLASS, BATCH, CTX = 500, 128, 32  # captions are <= 20 tokens in either vocabulary: 32 positions suffice
-LRS = (1e-3, 3e-3, 1e-2)
+LRS = (3e-4, 1e-3, 3e-3)
 SPEC = SPECS["gray28"]
 
 

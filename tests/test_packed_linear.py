@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from groundup import runtime
-from groundup.config import preset
+from groundup.config import preset, vision_preset
 from groundup.models.decoder import DecoderLM
+from groundup.models.vit import ViT
 from groundup.nn.packed_linear import PackedLinear, TransposedLinear, pack_for_inference
 
 ONEDNN_BF16 = runtime.fast_path("onednn_bf16_pack")
@@ -39,3 +40,17 @@ def test_packing_a_model_keeps_its_logits(kind, dtype, tol):
     ids = torch.randint(0, 80, (2, 12))
     with torch.no_grad():
         torch.testing.assert_close(packed(ids).float(), model(ids).float(), atol=tol, rtol=tol)
+
+
+def test_many_rows_packs_fp32_for_every_row_count_with_the_same_outputs():
+    """pack_for_inference(many_rows=True): an image encoder's fp32 linears packed by oneDNN for all rows."""
+    torch.manual_seed(0)
+    model = ViT(vision_preset("vit-tiny", n_layer=2)).eval()
+    pixels = torch.randn(3, 1, 28, 28)
+    with torch.inference_mode():
+        want = model(pixels)
+        swapped = pack_for_inference(model, many_rows=True)
+        got = model(pixels)
+    linears = [m for m in model.modules() if isinstance(m, PackedLinear)]
+    assert swapped == len(linears) > 0 and all(m.max_packed_rows is None for m in linears)
+    assert torch.allclose(got, want, atol=1e-5)

@@ -27,6 +27,7 @@ from ..data.images import ImageClassData, LabelledImages, image_source
 from ..jobs.train import ClassifyJob
 from ..loading import load_pretrained
 from ..models.vit import ViT
+from ..nn.packed_linear import pack_for_inference
 from ..train import TrainConfig, save_checkpoint, train
 from ..vision.preprocess import ImageSpec, image_files, load_image, preprocess, spec_at
 
@@ -132,6 +133,7 @@ def load_image_classifier(path: str | Path) -> ImageFeatureClassifier | ViTClass
     path = Path(path)
     if path.is_dir():
         model = require_vit(load_pretrained(path)[0], str(path), "classify --classifier")
+        pack_for_inference(model, many_rows=True)  # predicting only
         if model.head is None:
             raise ValueError(f"{path} is a ViT without a classification head (n_class=0); train one with "
                              "`groundup classify --method finetune` or `groundup pretrain` on labelled images")
@@ -143,6 +145,7 @@ def load_image_classifier(path: str | Path) -> ImageFeatureClassifier | ViTClass
         raise ValueError(f"{path} is not a groundup image classifier (a .joblib written by `classify` on images, or "
                          "a ViT checkpoint folder)")
     model = require_vit(load_pretrained(saved["encoder"])[0], saved["encoder"], "classify")
+    pack_for_inference(model, many_rows=True)
     return ImageFeatureClassifier(saved["estimator"], saved["labels"], saved["encoder"], saved["image_size"], model)
 
 
@@ -190,6 +193,7 @@ def classify_images(job: ClassifyJob) -> ClassifyResult:
                 model = _resized(model, job.image_size)
             clf = ViTClassifier(finetune_vit(model, data, cfg))
         else:
+            pack_for_inference(model, many_rows=True)  # frozen: features only
             estimator = _sklearn(job.method, job.seed)
             estimator.fit(image_features(model, pixels).numpy(), labels.numpy())
             clf = ImageFeatureClassifier(estimator, data.classes, job.model, spec.size, model)

@@ -102,6 +102,7 @@ def embed_images_cli(job: EmbedJob) -> Path:
     import torch
 
     from ..models.clip import CLIP
+    from ..nn.packed_linear import pack_for_inference
     from ..vision.preprocess import image_files, load_image, preprocess, spec_at
     from .classify_images import image_features, require_vit
 
@@ -110,6 +111,7 @@ def embed_images_cli(job: EmbedJob) -> Path:
     files = image_files(job.images)
     model, _ = load_pretrained(job.model)
     vit = model.visual if isinstance(model, CLIP) else require_vit(model, job.model, "embed --images")
+    pack_for_inference(model, many_rows=True)
     spec = spec_at(vit.config.preprocess, vit.config.image_size)
     pixels = preprocess([load_image(f, spec.channels) for f in files], spec)
     with torch.inference_mode():

@@ -13,6 +13,7 @@ import torch
 from ..jobs.use import ZeroShotJob
 from ..loading import load_pretrained
 from ..models.clip import CLIP, zero_shot_classifier, zero_shot_predict
+from ..nn.packed_linear import pack_for_inference
 from ..tokenizer_clip import ClipTokenizer
 from ..vision.preprocess import image_files, load_image, preprocess, spec_at
 
@@ -66,6 +67,7 @@ def zeroshot(job: ZeroShotJob) -> list[list[tuple[str, float]]]:
     if not job.model:
         raise ValueError("--model is missing: give a CLIP checkpoint or a Hugging Face CLIPModel folder")
     model = require_clip(load_pretrained(job.model)[0], job.model)
+    pack_for_inference(model, many_rows=True)
     vision = model.config.vision
     spec = spec_at(vision.preprocess, vision.image_size)
     pixels = preprocess([load_image(f, spec.channels) for f in files], spec)
