@@ -34,7 +34,8 @@ COMMANDS = {
   groundup pretrain --config configs/bert-mini-mlm.yaml --train.max_steps=200
   groundup pretrain --config configs/transformer-reversal.yaml
   groundup pretrain --config configs/vit-fashion.yaml                  # a ViT on Fashion-MNIST (or vit-digits.yaml)
-  groundup pretrain --model.preset=clip-tiny --data.images=emoji+fashion-mnist --data.held_out='[dress, coat, sandal]'
+  groundup pretrain --model.preset=clip-tiny --data.images=emoji+fashion-mnist --train.out_dir=runs/clip \\
+      --data.held_out='[dress, coat, sandal]'                          # then: groundup zeroshot --model runs/clip/ckpt
   torchrun --nproc_per_node=2 -m groundup pretrain --config configs/gpt-tiny.yaml
 """),
     "generate": Command(GenerateJob, "groundup.apps.commands:generate_cli", """
