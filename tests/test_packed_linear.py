@@ -54,3 +54,20 @@ def test_many_rows_packs_fp32_for_every_row_count_with_the_same_outputs():
     linears = [m for m in model.modules() if isinstance(m, PackedLinear)]
     assert swapped == len(linears) > 0 and all(m.max_packed_rows is None for m in linears)
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_a_machine_whose_onednn_cannot_pack_keeps_plain_linears(monkeypatch):
+    """A CPU without oneDNN's packed kernel (simulated: the reorder raises): pack_for_inference(many_rows=True)
+    swaps nothing and the encoder computes as before."""
+    def no_reorder(*args, **kwargs):
+        raise RuntimeError("mkldnn reorder not supported on this CPU")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", no_reorder)
+    torch.manual_seed(0)
+    model = ViT(vision_preset("vit-tiny", n_layer=1)).eval()
+    pixels = torch.randn(2, 1, 28, 28)
+    with torch.inference_mode():
+        want = model(pixels)
+        assert pack_for_inference(model, many_rows=True) == 0
+        assert torch.equal(model(pixels), want)
+    assert not any(isinstance(m, PackedLinear) for m in model.modules())
