@@ -7,8 +7,8 @@ __all__ = lazy_exports(__name__, {
     ".arithmetic": "arithmetic_problem exact_match make_arithmetic_splits number_to_words",
     ".augment": "augment_records random_delete random_swap synonym_replace typo_noise",
     ".clean": "CleanConfig CleanReport clean_dataset clean_jsonl scrub_pii",
-    ".image_text": "CAPTION_TEMPLATES FASHION_CLASSES ImageTextData emoji_pairs fashion_captions fashion_mnist "
-                   "read_idx split_by_class",
+    ".image_text": "CAPTION_TEMPLATES FASHION_CLASSES ImageTextData caption_pairs emoji_pairs fashion_captions "
+                   "fashion_mnist read_idx split_by_class",
     ".images": "ImageClassData LabelledImages image_source",
     ".corpus": "read_text_corpus shakespeare_path",
     ".instruct": "DEFAULT_SEPARATOR Example InstructData InstructFormatError load_instructions parse_instructions "
