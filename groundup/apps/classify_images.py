@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..classify import ClassifyResult, _sklearn
+from ..classify import ClassifyResult, _sklearn, accuracy
 from ..data.images import ImageClassData, LabelledImages, image_source
 from ..jobs.train import ClassifyJob
 from ..loading import load_pretrained
@@ -198,8 +198,7 @@ def classify_images(job: ClassifyJob) -> ClassifyResult:
             estimator.fit(image_features(model, pixels).numpy(), labels.numpy())
             clf = ImageFeatureClassifier(estimator, data.classes, job.model, spec.size, model)
         gold = [data.classes[int(i)] for i in test_labels]
-        pred = clf.predict_pixels(test_pixels)
-        acc = sum(p == g for p, g in zip(pred, gold, strict=True)) / max(1, len(gold))
+        acc = accuracy(clf.predict_pixels(test_pixels), gold)
         top = Counter(int(i) for i in labels).most_common(1)[0][0]
         majority = float((test_labels == top).float().mean())
         n_train, n_test = len(labels), len(gold)
