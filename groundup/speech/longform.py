@@ -43,6 +43,9 @@ class TranscribeOptions:
     without_timestamps: bool = False  # one segment per window, seeking by whole windows
     max_initial_timestamp: float = 1.0
     suppress_blank: bool = True
+    # windows quieter than this (RMS, dB below full scale) are silence, skipped undecoded: shown digital silence,
+    # Whisper writes "You" with confidence (openai-whisper and faster-whisper alike). None: decode every window.
+    silence_db: float | None = -60.0
     seed: int = 0  # for the samples at temperatures > 0
 
     def __post_init__(self) -> None:
@@ -85,6 +88,7 @@ def compression_ratio(text: str) -> float:
 
 @dataclass
 class _File:
+    audio: np.ndarray
     mel: torch.Tensor  # (n_mels, content frames + N_FRAMES)
     content_frames: int
     language: str | None
@@ -106,14 +110,20 @@ def transcribe(
     device = model.decoder.embed.tok_emb.weight.device
     files = []
     for audio in audios:
-        mel = log_mel_spectrogram(np.asarray(audio, dtype=np.float32), model.config.n_mels, padding=N_FRAMES * HOP_LENGTH)
-        files.append(_File(mel.to(device), mel.shape[-1] - N_FRAMES, opts.language))
+        audio = np.asarray(audio, dtype=np.float32)
+        mel = log_mel_spectrogram(audio, model.config.n_mels, padding=N_FRAMES * HOP_LENGTH)
+        files.append(_File(audio, mel.to(device), mel.shape[-1] - N_FRAMES, opts.language))
     initial = tokenizer.encode(" " + opts.initial_prompt.strip()) if opts.initial_prompt else []
     for f in files:
         f.tokens = list(initial)
     total = sum(f.content_frames for f in files)
     generator = torch.Generator().manual_seed(opts.seed)
     while active := [f for f in files if f.seek < f.content_frames]:
+        for f in active:
+            while f.seek < f.content_frames and _silent(f, opts.silence_db):
+                f.seek += N_FRAMES
+        if not (active := [f for f in active if f.seek < f.content_frames]):
+            break
         batch = active[:batch_size]
         sizes = [min(N_FRAMES, f.content_frames - f.seek) for f in batch]
         windows = torch.stack([pad_or_trim(f.mel[:, f.seek:f.seek + N_FRAMES], N_FRAMES) for f in batch])
@@ -128,6 +138,13 @@ def transcribe(
             progress(sum(min(f.seek, f.content_frames) for f in files), total)
     return [Transcript("".join(s.text for s in f.segments).strip(), f.segments, f.language or "en",
                        f.content_frames * HOP_LENGTH / SAMPLE_RATE) for f in files]
+
+
+def _silent(f: _File, silence_db: float | None) -> bool:
+    if silence_db is None:
+        return False
+    window = f.audio[f.seek * HOP_LENGTH:(f.seek + N_FRAMES) * HOP_LENGTH].astype(np.float64)
+    return 10 * np.log10(np.mean(window ** 2) + 1e-20) < silence_db
 
 
 def _languages(model, tokenizer, memory, batch) -> list[dict[str, float] | None]:
