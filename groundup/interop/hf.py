@@ -252,6 +252,10 @@ def load_hf(
     if hf.get("model_type") == "clip":  # no tokenizer: groundup.tokenizer_clip.ClipTokenizer gives CLIP's ids
         model = clip_from_hf(hf, read_safetensors(path, dtype or torch.float32), str(path))
         return model.to(dtype or torch.float32).eval(), None
+    if hf.get("model_type") == "whisper":  # its tokenizer: groundup.speech.load_whisper pairs the two
+        from .hf_whisper import load_hf_whisper
+
+        return load_hf_whisper(path, dtype), None
     cfg = config_from_hf(hf)
     cfg.extra.update(source=str(path))
     tokenizer = _load_tokenizer(path, hf, cfg) if with_tokenizer else None

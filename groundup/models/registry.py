@@ -14,6 +14,7 @@ from .decoder import DecoderLM
 FAMILIES: dict[str, tuple[str, str]] = {
     "vision": ("groundup.config:VisionConfig", "groundup.models.vit:ViT"),
     "clip": ("groundup.models.clip:ClipConfig", "groundup.models.clip:CLIP"),
+    "whisper": ("groundup.models.whisper:WhisperConfig", "groundup.models.whisper:Whisper"),
 }
 
 

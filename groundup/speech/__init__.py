@@ -27,7 +27,7 @@ PACKAGED_WHISPER: dict[str, list[tuple[str, str, str]]] = {
 
 def _packaged_parts(name: str) -> list[Path]:
     parts = []
-    for module, inside, requirement in PACKAGED_WHISPER[name]:
+    for module, inside, _ in PACKAGED_WHISPER[name]:
         spec = importlib.util.find_spec(module)
         if spec is None or not spec.submodule_search_locations:
             needed = " ".join(r for _, _, r in PACKAGED_WHISPER[name])

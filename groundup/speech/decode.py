@@ -86,7 +86,9 @@ class _Stepper:
 
 
 def _repeat_kv(memory_kv, n: int):
-    return [(k.repeat_interleave(n, dim=0), v.repeat_interleave(n, dim=0)) for k, v in memory_kv] if n > 1 else memory_kv
+    if n == 1:
+        return memory_kv
+    return [(k.repeat_interleave(n, dim=0), v.repeat_interleave(n, dim=0)) for k, v in memory_kv]
 
 
 def _no_speech(first: torch.Tensor, prompts: list[list[int]], tokenizer: WhisperTokenizer) -> list[float]:
