@@ -152,18 +152,33 @@ def _as_float(value: Any, name: str) -> Any:
         raise CLIError(f"option {name}={value!r} must be a number") from None
 
 
+_BOOL_WORDS = ("true", "false", "yes", "no", "on", "off")
+
+
 def parse_job(cls: type, argv: list[str]) -> Any:
-    """defaults -> --config YAML -> --key=value / --key value flags."""
+    """defaults -> --config YAML -> --key=value / --key value flags. A job with CLI_POSITIONAL (the name of a list
+    option) takes bare arguments as that option's items (`groundup transcribe a.wav b.wav`; after `--` every
+    argument is one), and there a boolean flag followed by anything but true/false/yes/no/on/off is a bare switch
+    (`--timestamps a.wav`)."""
     tree: dict[str, Any] = {}
     args = list(argv)
     flags: list[tuple[str, str]] = []
+    positional: str | None = getattr(cls, "CLI_POSITIONAL", None)
+    bare: list[str] = []
     while args:
         arg = args.pop(0)
+        if positional and arg == "--":
+            bare += args
+            break
         if not arg.startswith("--"):
-            raise CLIError(f"unexpected argument {arg!r}; options are written --key=value")
+            if positional is None:
+                raise CLIError(f"unexpected argument {arg!r}; options are written --key=value")
+            bare.append(arg)
+            continue
         key, eq, raw = arg[2:].partition("=")
         if not eq:
-            if not args or args[0].startswith("--"):
+            switch = positional and _field_types(cls).get(key.replace("-", "_")) is bool
+            if not args or args[0].startswith("--") or (switch and args[0].lower() not in _BOOL_WORDS):
                 raw = "true"  # a bare flag switches a boolean on
             else:
                 raw = args.pop(0)
@@ -178,6 +193,8 @@ def parse_job(cls: type, argv: list[str]) -> Any:
         if isinstance(before, list) and isinstance(tree.get(key), list):  # a repeated list flag adds items
             tree[key] = before + tree[key]
         seen.add(key)
+    if bare:
+        tree[positional] = [*(tree.get(positional) or []), *bare]
     return build(cls, tree)
 
 
@@ -239,7 +256,10 @@ def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
 
 
 def _help(name: str, cls: type, examples: str) -> str:
-    lines = [f"usage: groundup {name} [--config FILE.yaml] [--key=value ...]", "", inspect.getdoc(cls) or "", ""]
+    positional = getattr(cls, "CLI_POSITIONAL", None)
+    items = f" {positional.removesuffix('s').upper()} ..." if positional else ""
+    lines = [f"usage: groundup {name}{items} [--config FILE.yaml] [--key=value ...]", "", inspect.getdoc(cls) or "",
+             ""]
     aliased = getattr(cls, "CLI_FLAGS", {})  # set through another option, which the list shows
     options: list[tuple[str, str]] = []
     notes = field_comments(cls)

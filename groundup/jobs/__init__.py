@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from .files import ArithmeticJob, AugmentJob, CleanJob, ConvertJob, QuantizeJob
 from .train import ClassifyJob, FinetuneJob, MergeJob, PretrainJob, QuickstartJob
-from .use import ChatJob, EmbedJob, EvalJob, FewShotJob, GenerateJob, ServeJob, ZeroShotJob
+from .use import ChatJob, EmbedJob, EvalJob, FewShotJob, GenerateJob, ServeJob, TranscribeJob, ZeroShotJob
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,12 @@ COMMANDS = {
   groundup zeroshot --model runs/clip/ckpt --images shirt.png --labels "t-shirt,trouser,bag,sandal"
   groundup zeroshot --model runs/lit/ckpt --images photos/ --labels "cat,dog" --templates templates.txt --top_k 1
 """),
+    "transcribe": Command(TranscribeJob, "groundup.apps.transcribe:transcribe_cli", """
+  groundup transcribe talk.wav                                 # whisper-tiny.en (English): prints the text
+  groundup transcribe talk.wav --timestamps                    # [00:00.000 --> 00:07.000] ... per segment
+  groundup transcribe a.wav b.flac --format srt --output_dir subs    # subs/a.srt, subs/b.srt
+  groundup transcribe interview.ogg --model whisper-base --language de --task translate --format vtt
+"""),
     "finetune": Command(FinetuneJob, "groundup.finetune:finetune", """
   groundup data arithmetic --out_dir data/arithmetic
   groundup finetune --data.path data/arithmetic/train.jsonl --eval_data data/arithmetic/test.jsonl   # LoRA
@@ -107,6 +113,7 @@ COMMANDS = {
   groundup serve --model smollm2-135m-instruct --embedding_model all-minilm-l6-v2 --api_key secret
   groundup serve --model runs/quickstart/ckpt --engine.max_batch 32 --engine.max_queue 128
   groundup serve --model smollm2-135m-instruct --cascade cheap-first=cascade.json   # model=cheap-first: a cascade
+  groundup serve --asr_model whisper-tiny.en             # speech only: POST /v1/audio/transcriptions
 """),
     "data clean": Command(CleanJob, "groundup.apps.data:clean_cli", """
   groundup data clean --input raw.jsonl --out clean.jsonl

@@ -1,8 +1,9 @@
-"""The options of the commands that use a model: generate, eval, chat, embed, zeroshot, fewshot, serve."""
+"""The options of the commands that use a model: generate, eval, chat, embed, zeroshot, fewshot, transcribe, serve."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..serve.config import EngineConfig
 
@@ -96,14 +97,36 @@ class FewShotJob:
 
 
 @dataclass
+class TranscribeJob:
+    """Transcribe speech in audio files with Whisper (or translate it to English): plain text, timed lines, SRT
+    or WebVTT subtitles, or JSON with segments; printed, or written one file per input into --output_dir."""
+
+    CLI_POSITIONAL: ClassVar[str] = "files"  # `groundup transcribe a.wav b.flac`: bare arguments are the files
+
+    files: list[str] = field(default_factory=list)  # the audio files (WAV, FLAC, OGG, ...), given as FILE ...
+    model: str = "whisper-tiny.en"  # whisper-tiny.en | whisper-base (packaged), or a Whisper folder
+    language: str | None = None  # the spoken language (en, de, ...); default: en on .en models, else detected
+    task: str = "transcribe"  # transcribe | translate (into English; multilingual models only)
+    beam_size: int = 5  # at temperature 0; 1 = greedy
+    temperature: float = 0.0  # the first decoding temperature (0: beam search)
+    temperature_increment_on_fallback: float | None = 0.2  # redo a repetitive/unlikely window this much hotter
+    prompt: str | None = None  # text that conditions the first window (spelling of names, style)
+    timestamps: bool = False  # txt: one "[00:00.000 --> 00:07.000] text" line per segment
+    format: str = "txt"  # txt | srt | vtt | json
+    output_dir: str | None = None  # write <file stem>.<format> there (default: print to stdout)
+    batch_size: int = 8  # 30 s windows decoded together (across files)
+
+
+@dataclass
 class ServeJob:
     """Serve a model behind an OpenAI-compatible HTTP API (completions, chat, streaming, embeddings, LoRA,
     cascades)."""
 
-    model: str = QUICKSTART  # checkpoint dir, HF dir, .gguf file, packaged name, or an encoder (embeddings only)
+    model: str | None = None  # checkpoint/HF dir, .gguf, packaged name, encoder; default: quickstart (none if asr only)
     adapter: list[str] = field(default_factory=list)  # NAME=PATH, repeatable: LoRA / IA3 / BitFit / soft prompt
     cascade: list[str] = field(default_factory=list)  # NAME=SPEC.json, repeatable: a FrugalGPT cascade (CASCADE_SPEC)
     embedding_model: str | None = None  # an encoder for /v1/embeddings, e.g. all-minilm-l6-v2
+    asr_model: str | None = None  # Whisper for /v1/audio/transcriptions: whisper-tiny.en, whisper-base or a folder
     name: str | None = None  # the base model's name in requests (default: --model as given)
     quantize: str | None = None  # e.g. int8: quantize the base weights before adapters attach
     api_key: str | None = None  # default: $GROUNDUP_API_KEY; unset = no authentication
@@ -112,4 +135,5 @@ class ServeJob:
     dtype: str = "auto"  # auto: bf16 (half the weight bytes, oneDNN-packed) with native bf16, else fp32
     engine: EngineConfig = field(default_factory=EngineConfig)
     max_body_bytes: int = 1 << 20
+    max_audio_bytes: int = 25 << 20  # the largest audio upload (OpenAI's limit: 25 MB)
     raw_prompt: bool = False  # use prompts as sent, not formatted as each adapter's fine-tuning formatted its prompts

@@ -1,5 +1,6 @@
 """The OpenAI-compatible web app (FastAPI): /v1/completions, /v1/chat/completions (stream: true gives server-sent
-events in OpenAI's chunk format, ending with `data: [DONE]`), /v1/embeddings, /v1/models, /health, /metrics.
+events in OpenAI's chunk format, ending with `data: [DONE]`), /v1/embeddings, /v1/audio/transcriptions (a
+multipart upload to the Whisper model, speech.py), /v1/models, /health, /metrics.
 
 A request whose `model` names a cascade (registry.ServedCascade) runs the whole cascade on a worker thread and
 answers in the same format, plus a `groundup` object: the member that answered, its score, the cost of every
@@ -37,6 +38,7 @@ import numpy as np
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from ..chat import CHAT_TEMPLATES, ChatTemplateError, apply_chat_template
@@ -45,18 +47,30 @@ from .engine import Engine, EngineClosedError, QueueFullError
 from .metrics import Metrics
 from .registry import ServedCascade, ServedModels
 from .requests import EmbeddingRequest, Event, GenerationRequest
-from .schema import GenerationBody, RequestError, error_body, parse_chat, parse_completion, parse_embedding
+from .schema import (
+    GenerationBody,
+    RequestError,
+    error_body,
+    parse_chat,
+    parse_completion,
+    parse_embedding,
+    parse_transcription,
+)
+from .speech import SpeechJob, Stopped
+from .speech import response as speech_response
 
 # For models that ship no chat template (e.g. the quickstart's character model).
 PLAIN_TEMPLATE = CHAT_TEMPLATES["plain"]
 END_OF_TURN = "<|im_end|>"  # ChatML's, as groundup.Chat stops on it
-ROUTES = ("/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/embeddings")
+ROUTES = ("/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/embeddings",
+          "/v1/audio/transcriptions")
 
 
 @dataclass
 class AppConfig:
     api_key: str | None = None  # when set, every route but /health needs `Authorization: Bearer <key>`
     max_body_bytes: int = 1 << 20
+    max_audio_bytes: int = 25 << 20  # a /v1/audio/transcriptions upload (the whole multipart body); larger: 413
     retry_after_s: int = 1  # the Retry-After header of a 429
     shutdown_grace_s: float = 60.0  # how long shutdown waits for running requests
 
@@ -93,6 +107,8 @@ def create_app(engine: Engine, models: ServedModels, cfg: AppConfig | None = Non
         engine.start()
         yield
         await asyncio.to_thread(engine.stop, cfg.shutdown_grace_s)  # finishes what is running and queued
+        if models.speech is not None:
+            await asyncio.to_thread(models.speech.close)
 
     app = FastAPI(title="groundup", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(CountRequests, metrics=engine.metrics)
@@ -173,7 +189,32 @@ def create_app(engine: Engine, models: ServedModels, cfg: AppConfig | None = Non
         return {"object": "list", "data": data, "model": body.model,
                 "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
 
+    @app.post("/v1/audio/transcriptions")
+    async def transcriptions(request: Request) -> Response:
+        arrived = time.monotonic()  # request_timeout counts from here, as for the text endpoints
+        ctx.authorize(request)
+        body = parse_transcription(*await ctx.read_form(request))
+        speech = models.check_speech(body.model)
+        options = speech.options(body)
+        audio = await asyncio.to_thread(_load_upload, body.audio, body.filename)
+        job = SpeechJob(audio, options, arrived + speech.request_timeout)
+        transcript = await ctx.wait_for(request, speech.submit(job), job.cancelled)
+        content, media_type = speech_response(transcript, body.response_format)
+        if isinstance(content, dict):
+            return JSONResponse(content)
+        return PlainTextResponse(content, media_type=media_type)
+
     return app
+
+
+def _load_upload(data: bytes, filename: str) -> np.ndarray:
+    from ..audio import AudioError, load_audio
+
+    try:
+        return load_audio(data)
+    except AudioError as e:
+        raise RequestError(f"'file' ({filename or 'no name'}) is not usable audio: {e}", "file", "invalid_file") \
+            from None
 
 
 class _Context:
@@ -192,21 +233,70 @@ class _Context:
             raise RequestError("missing or wrong API key: send the header 'Authorization: Bearer <key>'", None,
                                "invalid_api_key", 401, "authentication_error")
 
-    async def read_json(self, request: Request) -> dict:
-        limit = self.cfg.max_body_bytes
+    async def _read_body(self, request: Request, limit: int, status: int = 400,
+                         fix: str = "send a smaller request") -> bytes:
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            raise RequestError(f"request body of {declared} bytes exceeds the limit of {limit} bytes; send a "
-                               "smaller request", None, "request_too_large")
+            raise RequestError(f"request body of {declared} bytes exceeds the limit of {limit} bytes; {fix}", None,
+                               "request_too_large", status)
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise RequestError(f"request body exceeds the limit of {limit} bytes; send a smaller request",
-                                   None, "request_too_large")
+                raise RequestError(f"request body exceeds the limit of {limit} bytes; {fix}", None,
+                                   "request_too_large", status)
             chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def read_form(self, request: Request) -> tuple[dict[str, list[str]], dict[str, list[tuple[str, bytes]]]]:
+        """A multipart upload, its size capped at max_audio_bytes (413 beyond): (text fields, file parts)."""
+        if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+            raise RequestError("send the audio as multipart/form-data with the file in a 'file' part (what OpenAI's "
+                               "clients and curl -F file=@talk.wav send)", "file", "invalid_file")
+        limit = self.cfg.max_audio_bytes
+        data = await self._read_body(request, limit, 413, "send a smaller file (split a long recording, or compress "
+                                     "it: FLAC, OGG/Opus), or start the server with a larger --max_audio_bytes")
+
+        async def replay() -> dict:
+            return {"type": "http.request", "body": data, "more_body": False}
+
         try:
-            body = json.loads(b"".join(chunks))
+            form = await Request(request.scope, replay).form(max_files=4, max_fields=64)
+        except HTTPException as e:  # python-multipart could not parse the body
+            raise RequestError(f"the multipart body cannot be read ({e.detail}); send a multipart/form-data upload",
+                               "file", "invalid_multipart") from None
+        fields: dict[str, list[str]] = {}
+        files: dict[str, list[tuple[str, bytes]]] = {}
+        try:
+            for name, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    files.setdefault(name, []).append((value.filename or "", await value.read()))
+                else:
+                    fields.setdefault(name, []).append(value)
+        finally:
+            await form.close()
+        return fields, files
+
+    async def wait_for(self, request: Request, future, cancelled: threading.Event):
+        """The result of work on another thread (a concurrent Future); a client that went away cancels it."""
+        waiting = asyncio.wrap_future(future)
+        try:
+            while True:
+                try:
+                    return await asyncio.wait_for(asyncio.shield(waiting), 0.5)
+                except TimeoutError:
+                    if await request.is_disconnected():
+                        raise RequestError("client disconnected", None, "client_disconnected", 499) from None
+                except Stopped as e:
+                    raise RequestError(str(e), None, "timeout", 504, "timeout") from None
+        finally:
+            cancelled.set()
+            future.cancel()
+
+    async def read_json(self, request: Request) -> dict:
+        data = await self._read_body(request, self.cfg.max_body_bytes)
+        try:
+            body = json.loads(data)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise RequestError(f"the body is not valid JSON ({e}); send a JSON object", None, "invalid_json") from None
         if not isinstance(body, dict):
@@ -215,7 +305,10 @@ class _Context:
 
     def encode(self, text: str, param: str) -> list[int]:
         if self.tokenizer is None:
-            raise RequestError("this server has no generating model; use /v1/embeddings", "model", "model_not_found")
+            served = [p for p, there in (("/v1/embeddings", self.models.embedding),
+                                         ("/v1/audio/transcriptions", self.models.speech)) if there is not None]
+            raise RequestError(f"this server has no generating model; use {' or '.join(served) or 'another server'}",
+                               "model", "model_not_found")
         try:
             return self.tokenizer.encode(text)
         except ValueError as e:

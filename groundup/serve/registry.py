@@ -1,11 +1,13 @@
 """The names a request's `model` field may use: the base model, a LoRA (or IA3 / BitFit) adapter, a soft
-prompt (vLLM's convention: an adapter is served under its own name), a cascade, and the embedding model."""
+prompt (vLLM's convention: an adapter is served under its own name), a cascade, the embedding model, and the
+speech-recognition model."""
 
 from __future__ import annotations
 
 import math
 import threading
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -14,6 +16,9 @@ from ..generate import _cut_at_stop, context_room
 from ..tokenizer import Tokenizer
 from .cascade import Cascade
 from .schema import RequestError
+
+if TYPE_CHECKING:
+    from .speech import ServedSpeech
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,7 @@ class ServedModels:
     embedding: str | None = None  # the encoder's name
     cascades: dict[str, ServedCascade] = field(default_factory=dict)
     prompt_formats: dict[str, PromptFormat] = field(default_factory=dict)  # name -> how its fine-tuning prompted
+    speech: ServedSpeech | None = None  # the Whisper model of /v1/audio/transcriptions
 
     def formatted(self, name: str, prompt: str, tokenizer: Tokenizer) -> str:
         """A /v1/completions text prompt to `name` as its fine-tuning run formatted prompts (as given otherwise)."""
@@ -91,8 +97,8 @@ class ServedModels:
         return fmt.chat_template() if fmt is not None else None
 
     def names(self) -> list[str]:
-        return [n for n in (self.base, *self.adapters, *self.soft_prompts, *self.cascades, self.embedding)
-                if n is not None]
+        return [n for n in (self.base, *self.adapters, *self.soft_prompts, *self.cascades, self.embedding,
+                            self.speech.name if self.speech else None) if n is not None]
 
     def generation_target(self, name: str) -> Target:
         if name == self.base:
@@ -104,11 +110,21 @@ class ServedModels:
         if name == self.embedding:
             raise RequestError(f"model {name!r} is an embedding model; use POST /v1/embeddings with it", "model",
                                "model_not_found")
+        if self.speech is not None and name == self.speech.name:
+            raise RequestError(f"model {name!r} is a speech-recognition model; use POST /v1/audio/transcriptions "
+                               "with it", "model", "model_not_found")
         raise RequestError(f"unknown model {name!r}; this server generates with {self.generating()} "
                            "(GET /v1/models lists them)", "model", "model_not_found")
 
     def generating(self) -> list[str]:
         return [n for n in (self.base, *self.adapters, *self.soft_prompts, *self.cascades) if n is not None]
+
+    def check_speech(self, name: str) -> ServedSpeech:
+        if self.speech is None:
+            raise RequestError("this server has no speech-recognition model; start it with --asr_model (e.g. "
+                               "whisper-tiny.en)", "model", "model_not_found")
+        self.speech.check_model(name)
+        return self.speech
 
     def check_embedding(self, name: str) -> None:
         if self.embedding is None:
@@ -127,4 +143,5 @@ class ServedModels:
         data += [card(n, self.base) for n in (*self.adapters, *self.soft_prompts)]
         data += [card(n) | {"members": [m.name for m in c.cascade.members]} for n, c in self.cascades.items()]
         data += [card(self.embedding)] if self.embedding else []
+        data += [card(self.speech.name)] if self.speech else []
         return {"object": "list", "data": data}

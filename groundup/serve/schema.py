@@ -1,5 +1,6 @@
-"""OpenAI request bodies -> checked, typed parameters; anything wrong is a RequestError that names the field
-(`param`) and the fix, returned as OpenAI's error JSON: {"error": {"message", "type", "param", "code"}}."""
+"""OpenAI request bodies (JSON; a transcription's multipart form) -> checked, typed parameters; anything wrong is
+a RequestError that names the field (`param`) and the fix, returned as OpenAI's error JSON: {"error": {"message",
+"type", "param", "code"}}."""
 
 from __future__ import annotations
 
@@ -171,3 +172,78 @@ def parse_embedding(body: dict, max_inputs: int = 256) -> EmbeddingBody:
         raise RequestError("'dimensions' is not supported: the model's embedding size is fixed; leave it out",
                            "dimensions", "unsupported_parameter")
     return EmbeddingBody(_model(body), texts, fmt == "base64")
+
+
+AUDIO_RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+# OpenAI transcription fields that would change the answer and that this server does not implement
+_AUDIO_UNSUPPORTED = ("chunking_strategy", "include", "include[]", "known_speaker_names", "known_speaker_names[]",
+                      "known_speaker_references", "known_speaker_references[]", "keywords", "keywords[]", "languages",
+                      "languages[]")
+
+
+@dataclass
+class TranscriptionBody:
+    model: str
+    audio: bytes  # the uploaded file, still encoded (WAV, FLAC, ...)
+    filename: str
+    language: str | None = None
+    prompt: str | None = None
+    response_format: str = "json"
+    temperature: float = 0.0  # 0: Whisper's temperature fallback; T > 0: sample at T
+
+
+def parse_transcription(fields: dict[str, list[str]], files: dict[str, list[tuple[str, bytes]]]
+                        ) -> TranscriptionBody:
+    """A /v1/audio/transcriptions multipart form: `fields` are its text parts (name -> values), `files` its file
+    parts (name -> (filename, bytes))."""
+    def one(name: str) -> str | None:
+        values = fields.get(name) or []
+        if len(values) > 1:
+            raise RequestError(f"'{name}' is given {len(values)} times; send it once", name)
+        return values[0] if values else None
+
+    uploads = files.get("file") or []
+    if len(uploads) != 1 or "file" in fields:
+        got = "a text field" if "file" in fields else f"{len(uploads)} files"
+        raise RequestError(f"'file' must be one audio file sent as a multipart file part (WAV, FLAC, OGG, ...); got "
+                           f"{got}", "file", "invalid_file")
+    filename, audio = uploads[0]
+    extra = sorted(set(files) - {"file"})
+    if extra:
+        raise RequestError(f"'{extra[0]}' is a file part, but only 'file' takes a file", extra[0])
+    model = one("model")
+    if not model:
+        raise RequestError("'model' is required: the name of the served speech model (see GET /v1/models)", "model",
+                           "missing_model")
+    for name in _AUDIO_UNSUPPORTED:
+        if any(v not in ("", "[]") for v in fields.get(name) or []):
+            raise RequestError(f"'{name.removesuffix('[]')}' is not supported by this server; leave it out", name,
+                               "unsupported_parameter")
+    if (one("stream") or "false").lower() not in ("false", "0"):
+        raise RequestError("'stream'=true is not supported for transcriptions; leave it out (the whole transcript "
+                           "comes in one response)", "stream", "unsupported_parameter")
+    fmt = one("response_format") or "json"
+    if fmt not in AUDIO_RESPONSE_FORMATS:
+        raise RequestError(f"'response_format'={fmt!r} is not supported; use one of "
+                           f"{', '.join(AUDIO_RESPONSE_FORMATS)}", "response_format")
+    raw = one("temperature")
+    try:
+        temperature = float(raw) if raw not in (None, "") else 0.0
+    except ValueError:
+        raise RequestError(f"'temperature' must be a number in [0, 1]; got {raw!r}", "temperature") from None
+    if not 0.0 <= temperature <= 1.0:
+        raise RequestError(f"'temperature'={raw} is out of range; it must be in [0, 1] (0: fall back to hotter "
+                           "decoding only where needed)", "temperature")
+    granularities = [*(fields.get("timestamp_granularities[]") or []), *(fields.get("timestamp_granularities") or [])]
+    for g in granularities:
+        if g not in ("segment", "word"):
+            raise RequestError(f"'timestamp_granularities' holds {g!r}; use 'segment'", "timestamp_granularities")
+        if g == "word":
+            raise RequestError("'timestamp_granularities'=['word'] is not supported: this server gives segment "
+                               "timestamps only; send ['segment'] or leave it out", "timestamp_granularities",
+                               "unsupported_parameter")
+    if granularities and fmt != "verbose_json":
+        raise RequestError(f"'timestamp_granularities' needs 'response_format'='verbose_json' (got {fmt!r})",
+                           "timestamp_granularities")
+    language = one("language") or None
+    return TranscriptionBody(model, audio, filename, language, one("prompt"), fmt, temperature)

