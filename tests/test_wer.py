@@ -195,7 +195,6 @@ def test_normalizer_is_idempotent():
 
 # --- read_sphinx_transcription -------------------------------------------------------------------------------
 
-@pytest.mark.skipif(not SPHINX.exists(), reason="pocketsphinx test data not installed")
 def test_real_sphinx_transcription():
     refs = read_sphinx_transcription(SPHINX)
     assert len(refs) == 5

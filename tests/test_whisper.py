@@ -31,7 +31,8 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def ct2_tiny():
-    ctranslate2 = pytest.importorskip("ctranslate2")
+    import ctranslate2
+
     folder = load_ct2_folder()
     return ctranslate2.models.Whisper(str(folder), device="cpu", compute_type="float32", intra_threads=1)
 
@@ -188,7 +189,8 @@ def test_without_timestamps_only_suppression_applies():
 
 # --- formats and key maps ---------------------------------------------------------------------------------------
 def test_ct2_file_round_trips_and_ctranslate2_runs_it(tmp_path):
-    ctranslate2 = pytest.importorskip("ctranslate2")
+    import ctranslate2
+
     model = micro(n_vocab=51864)
     folder = save_ct2_whisper(model, tmp_path / "micro", dtype=np.float32,
                               vocabulary=load_ct2_folder() / "vocabulary.txt")

@@ -79,9 +79,10 @@ class _Stepper:
         return self.model.logits(last[:, None], self.memory_kv, self.cache, start, mask,
                                  self.pos if self.padded else None)[:, -1]
 
-    def reorder(self, index: torch.Tensor) -> None:
-        self.cache.k = [k.index_select(0, index) for k in self.cache.k]
-        self.cache.v = [v.index_select(0, index) for v in self.cache.v]
+    def reorder(self, index: torch.Tensor, filled: int) -> None:
+        """Rows take the cache of the rows in index; only the filled positions are copied."""
+        for buf in self.cache.k + self.cache.v:
+            buf[:, :, :filled] = buf[:, :, :filled].index_select(0, index)
         self.mask_all, self.pos = self.mask_all.index_select(0, index), self.pos.index_select(0, index)
 
 
@@ -191,7 +192,7 @@ def decode_beam(
         seqs, scores = new_seqs, new_scores
         if all(len(f) >= max_candidates for f in finished) or t == sample_len - 1:
             break
-        stepper.reorder(torch.tensor(sources, device=memory.device))
+        stepper.reorder(torch.tensor(sources, device=memory.device), stepper.P + t)
         logits = stepper.step(torch.tensor([s[-1] for s in seqs], device=memory.device), t + 1)
     results = []
     for w in range(B):
