@@ -37,14 +37,14 @@ SHORT, OTHER, LONG = (f"sense_and_sensibility_01_austen_64kb-{n}" for n in ("088
 
 @pytest.fixture(scope="module")
 def tiny():
-    return load_whisper("whisper-tiny.en")
+    return load_whisper("whisper-tiny.en", inference=True)
 
 
 @pytest.fixture
 def cli(tiny, monkeypatch, capsys):
     """main(argv) -> (exit code, stdout, stderr), with whisper-tiny.en loaded once for the module."""
     real = app.load_whisper
-    monkeypatch.setattr(app, "load_whisper", lambda name: tiny if name == "whisper-tiny.en" else real(name))
+    monkeypatch.setattr(app, "load_whisper", lambda name, **kw: tiny if name == "whisper-tiny.en" else real(name, **kw))
 
     def run(*argv: str) -> tuple[int, str, str]:
         capsys.readouterr()

@@ -270,3 +270,30 @@ def test_english_only_model_refuses_translate(tiny):
     model, tok = tiny
     with pytest.raises(ValueError, match="English-only"):
         transcribe(model, tok, [np.zeros(16000, dtype=np.float32)], TranscribeOptions(task="translate"))
+
+
+def test_rows_sharing_a_memory_attend_as_if_it_were_repeated():
+    from groundup.nn import attend
+
+    q, k, v = torch.randn(6, 4, 3, 16), torch.randn(2, 4, 50, 16), torch.randn(2, 4, 50, 16)
+    repeated = attend(q, k.repeat_interleave(3, dim=0), v.repeat_interleave(3, dim=0))
+    torch.testing.assert_close(attend(q, k, v), repeated, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="divide"):
+        attend(q[:5], k, v)
+
+
+@pytest.mark.real_weights
+def test_decoding_layout_gives_the_same_tokens(tiny, mels):
+    import copy
+
+    from groundup.speech import pack_for_decoding
+
+    model, tok = tiny
+    packed = pack_for_decoding(copy.deepcopy(model))
+    assert type(packed.lm_head) is not torch.nn.Linear  # the layout is in place
+    prompt = tok.sot_sequence(None, "transcribe", timestamps=True)
+    with torch.no_grad():
+        memory = model.encode(mels)
+        plain = decode_beam(model, tok, memory, [prompt] * 3, decoding_rules(model, tok, True))
+        fast = decode_beam(packed, tok, memory, [prompt] * 3, decoding_rules(packed, tok, True))
+    assert [p.tokens for p in plain] == [f.tokens for f in fast]

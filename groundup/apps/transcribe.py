@@ -99,7 +99,7 @@ def transcribe_cli(job: TranscribeJob) -> list[Transcript]:
                                 initial_prompt=job.prompt)
     outputs = _outputs(job.files, Path(job.output_dir), job.format) if job.output_dir else None
     audios = [load_audio(f) for f in job.files]  # every input read (or refused) before anything else happens
-    model, tokenizer = load_whisper(job.model)
+    model, tokenizer = load_whisper(job.model, inference=True)
     check_options(tokenizer, options)
     seconds = sum(len(a) for a in audios) / SAMPLE_RATE
     progress = _Progress(seconds) if seconds > PROGRESS_AFTER_S else None

@@ -28,7 +28,13 @@ def attend(
     is_causal: bool = False, backend: str = "sdpa", dropout: float = 0.0,
 ) -> torch.Tensor:
     """q: (B, H, T, D); k, v: (B, Hkv, S, D); mask: bool (True = attend) or additive float,
-    broadcastable to (B, H, T, S). Returns (B, H, T, D)."""
+    broadcastable to (B, H, T, S). Returns (B, H, T, D).
+
+    k, v may hold fewer rows than q, B / n each, when each n consecutive rows of q attend to one memory
+    (the beams or samples of one source, in cross-attention without a mask): those rows' queries are read
+    against it as one longer query, so the memory is read once, not n times."""
+    if k.shape[0] != q.shape[0]:
+        return _shared_memory(q, k, v, mask, backend, dropout)
     if backend == "sdpa":
         if k.shape[1] != q.shape[1] and q.shape[2] == 1 and not is_causal and (mask is None or mask.dim() == 4):
             return _decode_shared_kv(q, k, v, mask, dropout)
@@ -45,6 +51,19 @@ def attend(
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
     weights = F.dropout(scores.softmax(dim=-1), dropout)
     return weights @ v
+
+
+def _shared_memory(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, backend: str, dropout: float
+) -> torch.Tensor:
+    B, H, T, D = q.shape
+    M = k.shape[0]
+    if mask is not None or B % M:
+        raise ValueError(f"attention of {B} query rows against {M} memory rows: they must divide, without a mask")
+    n = B // M
+    folded = q.reshape(M, n, H, T, D).transpose(1, 2).reshape(M, H, n * T, D)
+    y = attend(folded, k, v, None, False, backend, dropout)  # (M, H, n T, D)
+    return y.reshape(M, H, n, T, D).transpose(1, 2).reshape(B, H, T, D)
 
 
 def _decode_shared_kv(

@@ -219,7 +219,7 @@ def load_speech(job: ServeJob) -> ServedSpeech | None:
         return None
     from ..speech import load_whisper
 
-    model, tokenizer = load_whisper(job.asr_model)
+    model, tokenizer = load_whisper(job.asr_model, inference=True)
     return ServedSpeech(job.asr_model, model, tokenizer, job.engine.max_queue, job.engine.request_timeout)
 
 

@@ -47,9 +47,25 @@ def is_whisper_dir(path: Path) -> bool:
     return data.get("model_type") == "whisper" or data.get("family") == "whisper"
 
 
-def load_whisper(name_or_path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Whisper, WhisperTokenizer]:
+def pack_for_decoding(model: Whisper) -> Whisper:
+    """The decode-step layout (nn.pack_for_inference) for the decoder and the output projection, in place: a beam
+    step multiplies a handful of rows by the 51k-row vocabulary, which the transposed layout reads faster. The
+    encoder runs whole windows, where plain linears are as fast. The model is for inference only afterwards."""
+    from ..nn.packed_linear import fast_layout, pack_for_inference
+
+    pack_for_inference(model.decoder)
+    head = model.lm_head.weight
+    fast = fast_layout(head.dtype) if head.device.type == "cpu" else None
+    if fast is not None:
+        model.lm_head = fast(model.lm_head)
+    return model
+
+
+def load_whisper(name_or_path: str | Path, dtype: torch.dtype = torch.float32,
+                 inference: bool = False) -> tuple[Whisper, WhisperTokenizer]:
     """(model in eval mode, tokenizer) from a packaged name, a CTranslate2 folder (model.bin), a Hugging Face
-    folder (model_type "whisper") or a groundup checkpoint of a Whisper model."""
+    folder (model_type "whisper") or a groundup checkpoint of a Whisper model. inference: in the layout that
+    decodes fastest (pack_for_decoding; then not for training or saving)."""
     from ..interop.ctranslate2 import load_ct2_whisper
 
     name = str(name_or_path)
@@ -71,8 +87,9 @@ def load_whisper(name_or_path: str | Path, dtype: torch.dtype = torch.float32) -
             from ..train.checkpoint import load_checkpoint
 
             model = load_checkpoint(folder).model.to(dtype).eval()
-    return model, WhisperTokenizer.from_dir(folder, n_vocab=model.config.n_vocab)
+    tokenizer = WhisperTokenizer.from_dir(folder, n_vocab=model.config.n_vocab)
+    return (pack_for_decoding(model) if inference else model), tokenizer
 
 
 __all__ = ["PACKAGED_WHISPER", "Segment", "TranscribeOptions", "Transcript", "compression_ratio", "is_whisper_dir",
-           "load_whisper", "transcribe"]
+           "load_whisper", "pack_for_decoding", "transcribe"]

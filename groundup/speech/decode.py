@@ -5,7 +5,8 @@
         left-padded to one length (a pad mask and per-row positions keep each row as if decoded alone)
     each step: logits of the last token ─> rules.apply_rules ─> argmax | sample at T | beam search (top beam + 1)
 
-The decoder self-attention keys and values live in a preallocated KVCache; beams reorder it in place.
+The decoder self-attention keys and values live in a preallocated KVCache; beams reorder it in place. A window's
+beams (or samples) share its cross-attention keys and values, read once per step for all of them (nn.attend).
 """
 
 from __future__ import annotations
@@ -86,12 +87,6 @@ class _Stepper:
         self.mask_all, self.pos = self.mask_all.index_select(0, index), self.pos.index_select(0, index)
 
 
-def _repeat_kv(memory_kv, n: int):
-    if n == 1:
-        return memory_kv
-    return [(k.repeat_interleave(n, dim=0), v.repeat_interleave(n, dim=0)) for k, v in memory_kv]
-
-
 def _no_speech(first: torch.Tensor, prompts: list[list[int]], tokenizer: WhisperTokenizer) -> list[float]:
     """P(no speech) read at the <|startoftranscript|> position of each row."""
     P = first.shape[1]
@@ -110,7 +105,7 @@ def decode_sampling(
     """Greedy at temperature 0 (best_of ignored), else best_of samples per window, the most likely kept."""
     n = 1 if temperature == 0 else best_of
     rows = [p for p in prompts for _ in range(n)]
-    stepper = _Stepper(model, _repeat_kv(model.memory_kv(memory), n), rows, sample_len, tokenizer.eot)
+    stepper = _Stepper(model, model.memory_kv(memory), rows, sample_len, tokenizer.eot)  # rows share their window's K/V
     no_speech = _no_speech(stepper.first, rows, tokenizer)
     logits = stepper.first[:, -1]
     R = len(rows)
@@ -157,7 +152,7 @@ def decode_beam(
     found; the answer is the finished sequence of best sum log-probability / length."""
     B, eot = len(prompts), tokenizer.eot
     rows = [p for p in prompts for _ in range(beam_size)]
-    stepper = _Stepper(model, _repeat_kv(model.memory_kv(memory), beam_size), rows, sample_len, eot)
+    stepper = _Stepper(model, model.memory_kv(memory), rows, sample_len, eot)
     no_speech = _no_speech(stepper.first, rows, tokenizer)
     logits = stepper.first[:, -1]
     seqs: list[tuple[int, ...]] = [()] * (B * beam_size)
