@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -c constraints.txt
 
-.PHONY: demo test bench bench-finetune bench-deploy bench-serve bench-vision lint install clean
+.PHONY: demo test bench bench-finetune bench-deploy bench-serve bench-vision bench-speech lint install clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	# Debian data, needs root the first time: WordNet for `groundup data augment`, Fashion-MNIST and the Noto colour
@@ -60,6 +60,11 @@ bench-deploy: install
 	$(PY) bench/gqa.py
 	$(PY) bench/attention_backends.py
 	$(PY) bench/cascade.py
+
+bench-speech: install
+	# Whisper tiny.en and base: WER, real-time factor and long-form vs faster-whisper and transformers (~15 min)
+	$(PY) bench/speech.py
+	$(PY) bench/report.py
 
 bench-vision: install
 	# ViT inference vs transformers' Dinov2Model; a CLIP step vs open_clip; ViT vs CNN by data size; CLIP zero-shot
