@@ -212,10 +212,13 @@ def _advance(f: _File, size: int, res: WindowResult, tokenizer: WhisperTokenizer
     ratio = compression_ratio(tokenizer.decode(tokens))
 
     def add(part: list[int], start: float, end: float) -> None:
+        """A segment, and its tokens (timestamps included) as the next windows' prompt; an unfinished tail, an
+        empty or instantaneous segment conditions nothing (openai-whisper's and faster-whisper's rule)."""
         text = tokenizer.decode(part)
         if end > start and text.strip():
             f.segments.append(Segment(round(start, 3), round(end, 3), text, [t for t in part if t < tb],
                                       res.avg_logprob, ratio, res.no_speech_prob, res.temperature))
+            f.tokens += part
 
     closed_pairs = [i + 1 for i in range(len(tokens) - 1) if is_ts[i] and is_ts[i + 1]]
     single_end = is_ts[-2:] == [False, True]
@@ -238,6 +241,5 @@ def _advance(f: _File, size: int, res: WindowResult, tokenizer: WhisperTokenizer
         end = (stamps[-1] - tb) * TIME_STEP if stamps and stamps[-1] != tb else window_s
         add(tokens, offset, offset + end)
         f.seek += size
-    f.tokens += tokens
     if not opts.condition_on_previous_text or res.temperature > 0.5:
         f.prompt_from = len(f.tokens)
