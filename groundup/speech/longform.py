@@ -93,11 +93,12 @@ class _File:
     content_frames: int
     language: str | None
     seek: int = 0
-    tokens: list[int] = field(default_factory=list)  # every text and timestamp token so far (the prompt source)
+    tokens: list[int] = field(default_factory=list)  # the kept segments' tokens, timestamps too (the prompt source)
     prompt_from: int = 0
     segments: list[Segment] = field(default_factory=list)
 
 
+@torch.no_grad()
 def transcribe(
     model: Whisper, tokenizer: WhisperTokenizer, audios: Sequence[np.ndarray], options: TranscribeOptions | None = None,
     batch_size: int = 8, progress: Callable[[int, int], None] | None = None,
