@@ -117,15 +117,17 @@ def build_mask(
 class Attention(nn.Module):
     """Self- or cross-attention; n_kv_head < n_head shares each k/v head across a group of q heads."""
 
-    def __init__(self, cfg: ModelConfig, causal: bool = True, cross: bool = False) -> None:
+    def __init__(self, cfg: ModelConfig, causal: bool = True, cross: bool = False, kv_dim: int | None = None) -> None:
+        """kv_dim: the width of the memory cross-attention reads, when it differs from d_model (Flamingo's visual
+        latents, in the vision encoder's width)."""
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         self.causal, self.cross = causal, cross
         self.backend, self.dropout = cfg.attn_backend, cfg.dropout
         inner, kv_inner = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
         self.q_proj = nn.Linear(cfg.d_model, inner, bias=cfg.bias)
-        self.k_proj = nn.Linear(cfg.d_model, kv_inner, bias=cfg.bias)
-        self.v_proj = nn.Linear(cfg.d_model, kv_inner, bias=cfg.bias)
+        self.k_proj = nn.Linear(kv_dim or cfg.d_model, kv_inner, bias=cfg.bias)
+        self.v_proj = nn.Linear(kv_dim or cfg.d_model, kv_inner, bias=cfg.bias)
         self.o_proj = nn.Linear(inner, cfg.d_model, bias=cfg.bias)
 
     def project_kv(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

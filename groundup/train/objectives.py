@@ -69,9 +69,11 @@ def _ce(logits: Tensor, labels: Tensor, key: str, counts: dict[str, Tensor] | No
 
 def causal_lm(model: nn.Module, batch: Batch, counts: dict[str, Tensor] | None = None) -> tuple[Tensor, Metrics]:
     """Next-token prediction. `labels` are already shifted: labels[:, t] is the token after input_ids[:, t].
-    In training, a mixture-of-experts model's router losses (nn/moe.py) are added to the loss."""
+    In training, a mixture-of-experts model's router losses (nn/moe.py) are added to the loss. A batch with
+    `media` (a vision-language model's image features, data/vlm.py) passes them to the model."""
     _need(batch, ("input_ids", "labels"), "causal_lm")
-    logits = model(batch["input_ids"])  # (B, T, V)
+    media = {"media": batch["media"]} if "media" in batch else {}
+    logits = model(batch["input_ids"], **media)  # (B, T, V)
     loss = _ce(logits, batch["labels"], "labels", counts)
     aux = moe_aux_loss(model) if model.training else None  # router losses regularise training; val stays CE
     if aux is None:
