@@ -13,7 +13,7 @@ a `raise_exception` helper), so the prompt is the one the model was fine-tuned o
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime
 from functools import lru_cache
@@ -119,8 +119,10 @@ class Chat:
 
     def __init__(
         self, model: nn.Module, tokenizer: Tokenizer, template: str | None = None, system: str | None = None,
-        end_of_turn: Sequence[str] = ("<|im_end|>",),
+        end_of_turn: Sequence[str] = ("<|im_end|>",), encode: Callable[[str], list[int]] | None = None,
     ) -> None:
+        """encode: prompt text -> token ids (default: the tokenizer's; a vision-language model's also turns its
+        <image> markers into image tokens)."""
         template = template or tokenizer.chat_template
         if not template:
             raise ChatTemplateError(
@@ -128,6 +130,7 @@ class Chat:
                 f"{sorted(CHAT_TEMPLATES)} or a Jinja file; Chat(template=...) in Python) or use a chat/instruct model"
             )
         self.model, self.tokenizer, self.template = model, tokenizer, template
+        self.encode = encode or tokenizer.encode
         self.end_of_turn = tuple(end_of_turn)
         self.history: list[dict[str, str]] = [{"role": "system", "content": system}] if system is not None else []
         token = lambda i: tokenizer.id_to_token(i) if i is not None else None
@@ -137,7 +140,7 @@ class Chat:
         """The history rendered with the chat template."""
         return apply_chat_template(self.template, self.history, add_generation_prompt, self._bos, self._eos)
 
-    def _fit(self, history: list[dict[str, str]], max_new_tokens: int) -> tuple[list[dict[str, str]], str]:
+    def fit(self, history: list[dict[str, str]], max_new_tokens: int) -> tuple[list[dict[str, str]], str]:
         """(history without its oldest user/assistant turns, prompt) such that the prompt leaves room
         for max_new_tokens in the context window. The system message and the last message stay."""
         block = self.model.config.block_size
@@ -147,7 +150,7 @@ class Chat:
         history = list(history)
         while True:
             prompt = apply_chat_template(self.template, history, True, self._bos, self._eos)
-            n = len(self.tokenizer.encode(prompt))
+            n = len(self.encode(prompt))
             if n + max_new_tokens <= block:
                 return history, prompt
             if len(history) - first <= 1:  # only the new message is left
@@ -163,11 +166,11 @@ class Chat:
     def reply(self, user_text: str, cfg: GenerationConfig) -> Iterator[str]:
         """Stream the assistant's reply to `user_text` piece by piece; the reply (or as much of it as
         was consumed) is appended to the history when the stream ends."""
-        self.history, prompt = self._fit([*self.history, {"role": "user", "content": user_text}], cfg.max_new_tokens)
+        self.history, prompt = self.fit([*self.history, {"role": "user", "content": user_text}], cfg.max_new_tokens)
         cfg = replace(cfg, stop=tuple(cfg.stop) + self.end_of_turn)
         pieces: list[str] = []
         try:
-            for piece in stream_text(self.model, self.tokenizer, prompt, cfg):
+            for piece in stream_text(self.model, self.tokenizer, self.encode(prompt), cfg):
                 pieces.append(piece)
                 yield piece
         finally:

@@ -304,3 +304,41 @@ def vision_preset(name: str, **overrides: Any) -> VisionConfig:
     if name not in VISION_PRESETS:
         raise ConfigError(f"unknown vision preset {name!r}; available: {sorted(VISION_PRESETS)}")
     return VisionConfig.from_dict({**VISION_PRESETS[name], **overrides})
+
+
+@dataclass
+class VisionLMConfig:
+    """A vision-language model (models/flamingo.py): how a frozen vision encoder is joined to a frozen decoder."""
+
+    kind: Literal["flamingo", "llava"] = "flamingo"
+    vision_dim: int | None = None  # the vision encoder's width (None: read from the encoder)
+    image_size: int | None = None  # pixels per side the encoder reads (None: its own; positions are resized)
+    # flamingo
+    cross_every: int = 4  # a gated cross-attention block before every cross_every-th decoder layer
+    n_latents: int = 64
+    resampler_depth: int = 2
+    resampler_heads: int = 6
+    ff_mult: int = 4  # the resampler's and the cross-attention blocks' feed-forward width, x their input width
+    max_frames: int = 1
+    # llava
+    projector_hidden: int | None = None  # None: the LM's width
+    pool: int = 2  # average-pool the patch grid by this factor: (grid / pool)^2 visual tokens per image
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("flamingo", "llava"):
+            raise ConfigError(f"VisionLMConfig.kind={self.kind!r}: use 'flamingo' or 'llava'")
+        if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size <= 0):
+            raise ConfigError(f"VisionLMConfig.image_size={self.image_size!r} must be a positive integer or None")
+        if self.vision_dim is not None and (not isinstance(self.vision_dim, int) or self.vision_dim <= 0):
+            raise ConfigError(f"VisionLMConfig.vision_dim={self.vision_dim!r} must be a positive integer or None")
+        for name in ("cross_every", "n_latents", "resampler_depth", "resampler_heads", "ff_mult",
+                     "max_frames", "pool"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise ConfigError(f"VisionLMConfig.{name}={getattr(self, name)!r} must be a positive integer")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"family": "vision-language", **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VisionLMConfig:
+        return from_checked_dict(cls, {k: v for k, v in data.items() if k != "family"}, ConfigError)

@@ -34,7 +34,7 @@ from .data.arithmetic import exact_match
 from .data.instruct import DEFAULT_SEPARATOR, InstructData, load_instructions
 from .data.prompt_format import PromptFormat, carry_prompt_format, prompt_format_for, save_prompt_format
 from .generate import GenerationConfig, context_room, generate_text
-from .jobs.train import METHODS, DataOptions, FinetuneJob, MergeJob, PeftOptions
+from .jobs.train import METHODS, VISION_METHODS, DataOptions, FinetuneJob, MergeJob, PeftOptions
 from .loading import load_pretrained
 from .peft import (
     BitFitConfig,
@@ -57,7 +57,8 @@ from .train import TrainConfig, TrainResult, save_checkpoint, train
 
 # Peak learning rates that work for each method (peft / paper defaults); TrainConfig's own default lr means
 # "use this", any other train.lr is taken as given.
-METHOD_LR = {"full": 5e-5, "lora": 5e-4, "ia3": 3e-3, "bitfit": 1e-3, "prompt": 3e-2, "prefix": 1e-2}
+METHOD_LR = {"full": 5e-5, "lora": 5e-4, "ia3": 3e-3, "bitfit": 1e-3, "prompt": 3e-2, "prefix": 1e-2, "flamingo": 3e-4,
+             "llava": 1e-3}
 HF_LAYOUT = ("lora", "ia3", "prompt", "prefix")  # methods groundup.interop.peft_format can write
 
 
@@ -267,6 +268,10 @@ def finetune(job: FinetuneJob) -> FinetuneResult:
     The peak learning rate defaults per method (full 5e-5, lora 5e-4, ia3 3e-3, bitfit 1e-3, prompt 3e-2,
     prefix 1e-2) while train.lr keeps TrainConfig's default 3e-4; any other train.lr is used as given.
     Outputs go to out_dir: adapter/ (+ adapter_hf/) or model/ for method=full, and ckpt/ for train.resume."""
+    if job.method in VISION_METHODS:
+        from .apps.finetune_vlm import finetune_vlm
+
+        return finetune_vlm(job)
     if not job.data.path:
         raise ValueError("data.path is missing; give an instruction JSONL, e.g. --data.path=train.jsonl")
     cfg = train_config(job)

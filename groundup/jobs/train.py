@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, get_args
 
-from ..config import ModelConfig
+from ..config import ModelConfig, VisionLMConfig
 from ..data.instruct_jsonl import DEFAULT_SEPARATOR, FORMATS
 from ..train.config import TrainConfig
 
@@ -46,7 +46,8 @@ class PretrainJob:
     CLI_SECTIONS: ClassVar[dict[str, type]] = {"model": ModelConfig}  # a preset's name + ModelConfig overrides
 
 
-Method = Literal["full", "lora", "prompt", "prefix", "ia3", "bitfit"]
+Method = Literal["full", "lora", "prompt", "prefix", "ia3", "bitfit", "flamingo", "llava"]
+VISION_METHODS = ("flamingo", "llava")  # a vision connector over the frozen model (groundup/vlm.py)
 METHODS: tuple[str, ...] = get_args(Method)
 
 
@@ -78,11 +79,13 @@ class DataOptions:
 
 @dataclass
 class FinetuneJob:
-    """Fine-tune a model on instruction JSONL: full, LoRA, IA3, BitFit, prompt or prefix tuning.
+    """Fine-tune a model on instruction JSONL: full, LoRA, IA3, BitFit, prompt or prefix tuning; or teach it to see:
+    flamingo / llava train a connector to a frozen image encoder (--vision) on LLaVA conversation JSON.
 
     The peak learning rate defaults per method (full 5e-5, lora 5e-4, ia3 3e-3, bitfit 1e-3, prompt 3e-2,
-    prefix 1e-2) while train.lr keeps TrainConfig's default 3e-4; any other train.lr is used as given.
-    Outputs go to out_dir: adapter/ (+ adapter_hf/) or model/ for method=full, and ckpt/ for train.resume.
+    prefix 1e-2, flamingo 3e-4, llava 1e-3) while train.lr keeps TrainConfig's default 3e-4; any other train.lr is
+    used as given. Outputs go to out_dir: adapter/ (+ adapter_hf/), model/ for method=full, vlm/ for flamingo /
+    llava, and ckpt/ for train.resume.
     """
 
     model: str = "smollm2-135m-instruct"  # base model: checkpoint dir, HF dir, .gguf, or packaged name
@@ -95,6 +98,9 @@ class FinetuneJob:
     eval_data: str = ""  # JSONL whose exact-match accuracy is reported after training ("" = none)
     eval_max_new_tokens: int = 32
     quantize: str = ""  # "" (float base) | int8 | int4 | nf4: a frozen quantized base (QLoRA: nf4 + lora)
+    # flamingo / llava: the frozen image encoder, and the connector's shape (vlm.kind follows method)
+    vision: str = "dinov2-vits14"  # packaged name, ViT / DINOv2 folder, or a CLIP checkpoint (its image tower)
+    vlm: VisionLMConfig = field(default_factory=VisionLMConfig)
     CLI_FLAGS: ClassVar[dict[str, str]] = {"train.out_dir": "out_dir"}  # --train.out_dir means --out_dir
 
     def __post_init__(self) -> None:
@@ -109,6 +115,8 @@ class FinetuneJob:
         if self.quantize and self.method == "full":
             raise ValueError(f"quantize={self.quantize!r} freezes the base weights, so method='full' has nothing to "
                              "train; use --method lora (QLoRA), ia3, prompt or prefix, or drop --quantize")
+        if self.method in VISION_METHODS and self.quantize:
+            raise ValueError(f"method={self.method!r} trains a vision connector over a float base; drop --quantize")
         if self.data.fmt != "auto" and self.data.fmt not in FORMATS:
             raise ValueError(f"data.fmt={self.data.fmt!r} is unknown; use 'auto' or one of {list(FORMATS)}")
 

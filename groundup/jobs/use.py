@@ -42,7 +42,8 @@ class EvalJob:
 
 @dataclass
 class ChatJob:
-    """Chat with an instruct model: its chat template, streamed replies, history kept within the context."""
+    """Chat with an instruct model: its chat template, streamed replies, history kept within the context. With a
+    vision-language model (a flamingo / llava run's vlm/ folder), --image or `/image PATH` shows it an image."""
 
     model: str = "smollm2-135m-instruct"  # a chat model: .gguf, HF dir, checkpoint, or packaged name
     system: str | None = None
@@ -55,6 +56,7 @@ class ChatJob:
     adapter: str | None = None  # an adapter folder (groundup or HF PEFT layout) trained on --model; nothing is written
     template: str | None = None  # a chat template name (chatml, plain) or Jinja file; default: fine-tuned / model's
     raw_prompt: bool = False  # the model's own template, not the prompt format a fine-tuning run recorded
+    image: str | None = None  # an image for the first message (a vision-language --model); later: /image PATH
 
 
 @dataclass

@@ -17,13 +17,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError, from_checked_dict
+from ..config import ConfigError, VisionLMConfig
 from ..nn import KVCache
 from ..nn.perceiver import PerceiverResampler
 from ..nn.xattn import GatedCrossAttentionBlock, media_index
@@ -32,40 +32,6 @@ from .decoder import DecoderLM
 from .vit import ViT
 
 IMAGE_TOKEN, CHUNK_TOKEN = "<image>", "<|endofchunk|>"
-
-
-@dataclasses.dataclass
-class VisionLMConfig:
-    kind: Literal["flamingo", "llava"] = "flamingo"
-    vision_dim: int = 384  # the vision encoder's width
-    image_size: int | None = None  # pixels per side the encoder reads (None: its own; positions are resized)
-    # flamingo
-    cross_every: int = 4  # a gated cross-attention block before every cross_every-th decoder layer
-    n_latents: int = 64
-    resampler_depth: int = 2
-    resampler_heads: int = 6
-    ff_mult: int = 4  # the resampler's and the cross-attention blocks' feed-forward width, x their input width
-    max_frames: int = 1
-    # llava
-    projector_hidden: int | None = None  # None: the LM's width
-    pool: int = 2  # average-pool the patch grid by this factor: (grid / pool)^2 visual tokens per image
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("flamingo", "llava"):
-            raise ConfigError(f"VisionLMConfig.kind={self.kind!r}: use 'flamingo' or 'llava'")
-        if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size <= 0):
-            raise ConfigError(f"VisionLMConfig.image_size={self.image_size!r} must be a positive integer or None")
-        for name in ("vision_dim", "cross_every", "n_latents", "resampler_depth", "resampler_heads", "ff_mult",
-                     "max_frames", "pool"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise ConfigError(f"VisionLMConfig.{name}={getattr(self, name)!r} must be a positive integer")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"family": "vision-language", **dataclasses.asdict(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> VisionLMConfig:
-        return from_checked_dict(cls, {k: v for k, v in data.items() if k != "family"}, ConfigError)
 
 
 @dataclasses.dataclass
@@ -102,9 +68,11 @@ class VisionLM(nn.Module):
         super().__init__()
         if not isinstance(lm, DecoderLM):
             raise ConfigError(f"a vision-language model is built on a decoder; got {type(lm).__name__}")
+        if cfg.vision_dim is None:
+            cfg = dataclasses.replace(cfg, vision_dim=vision.config.d_model)
         if vision.config.d_model != cfg.vision_dim:
             raise ConfigError(f"VisionLMConfig.vision_dim={cfg.vision_dim} but the vision encoder is "
-                              f"{vision.config.d_model} wide; set vision_dim={vision.config.d_model}")
+                              f"{vision.config.d_model} wide; set vision_dim={vision.config.d_model} (or None)")
         self.lm, self.vision, self.vlm_config = lm, vision, cfg
         self.config = lm.config  # generation reads the decoder's context and positions
         self.image_id, self.chunk_id = lm.config.vocab_size, lm.config.vocab_size + 1
@@ -157,6 +125,7 @@ class VisionLM(nn.Module):
     def visual(self, features: torch.Tensor) -> torch.Tensor:
         """features (B, M, 1 + N, d_vision) -> per image: latents (B, M, L, d_vision) for Flamingo, visual tokens
         (B, M, n, d_model) for LLaVA (the patches without the CLS token, pooled, projected)."""
+        features = features.to(self.new_embed.dtype)
         if self.resampler is not None:
             return self.resampler(features)
         B, M, n1, d = features.shape
@@ -164,7 +133,7 @@ class VisionLM(nn.Module):
         grid = features[:, :, 1:].reshape(B * M, g, g, d).permute(0, 3, 1, 2)  # (B M, d, g, g)
         pooled = F.avg_pool2d(grid, self.vlm_config.pool)  # (B M, d, g / p, g / p)
         tokens = pooled.flatten(2).transpose(1, 2)  # (B M, n, d)
-        return self.projector(tokens.to(self.projector[0].weight.dtype)).reshape(B, M, tokens.shape[1], -1)
+        return self.projector(tokens).reshape(B, M, tokens.shape[1], -1)
 
     @contextlib.contextmanager
     def images(self, features: torch.Tensor, counts: torch.Tensor) -> Iterator[None]:
