@@ -139,7 +139,7 @@ def answer(model: VisionLM, tokenizer: Tokenizer, conversations: Sequence[VLMExa
                                        for ex in chunk])
         with model.images(media, counts) if int(counts.sum()) else contextlib.nullcontext():
             rows = generate(model, prompts, cfg)
-        out += [tokenizer.decode([t for t in r if t != cfg.eos_id]).strip() for r in rows]
+        out += [tokenizer.decode([t for t in r if t != cfg.eos_id]) for r in rows]
     return out
 
 

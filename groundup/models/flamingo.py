@@ -140,7 +140,15 @@ class VisionLM(nn.Module):
         """Generation with images: features (B, M, 1 + N, d_vision) of each row's images (rows with fewer images
         padded), counts (B,) the row's images. The visual latents / tokens are computed once, here."""
         with torch.no_grad():
-            self._media = (self.visual(features), counts.to(features.device))
+            visual = self.visual(features)
+        with self.seeing(visual, counts):
+            yield
+
+    @contextlib.contextmanager
+    def seeing(self, visual: torch.Tensor, counts: torch.Tensor) -> Iterator[None]:
+        """Forward passes inside see these rows' images, already through visual() (B, M, L | n, d); a server
+        keeps each request's and stacks the running rows'."""
+        self._media = (visual, counts.to(visual.device))
         try:
             yield
         finally:
@@ -149,6 +157,11 @@ class VisionLM(nn.Module):
     _media: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # --- text ------------------------------------------------------------------------------------------------
+    @property
+    def embed(self) -> nn.Module:
+        """The decoder's embeddings (what a server reads the cache dtype from)."""
+        return self.lm.embed
+
     def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
         return self.lm.new_cache(batch_size, max_len, dtype)
 

@@ -42,12 +42,15 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from ..chat import CHAT_TEMPLATES, ChatTemplateError, apply_chat_template
+from ..data.vlm import encode_text
 from ..generate import GenerationConfig
 from .engine import Engine, EngineClosedError, QueueFullError
+from .images import decode_image_url
 from .metrics import Metrics
 from .registry import ServedCascade, ServedModels
 from .requests import EmbeddingRequest, Event, GenerationRequest
 from .schema import (
+    IMAGE_MARKER,
     GenerationBody,
     RequestError,
     error_body,
@@ -172,8 +175,11 @@ def create_app(engine: Engine, models: ServedModels, cfg: AppConfig | None = Non
         if END_OF_TURN in template:
             body.sampling.stop = (*body.sampling.stop, END_OF_TURN)
         if served is not None:
+            if body.images:
+                raise RequestError(f"cascade {body.model!r} answers text only; send no image parts", body.images[0][0])
             return await ctx.cascade(request, body, raw, text, "chat.completion", "messages")
-        return await ctx.generate(request, body, ctx.encode(text, "messages"), "chat.completion", "messages")
+        ids, pictures = ctx.seen(text, body.images)
+        return await ctx.generate(request, body, ids, "chat.completion", "messages", pictures=pictures)
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> dict:
@@ -314,12 +320,28 @@ class _Context:
         except ValueError as e:
             raise RequestError(f"'{param}' cannot be tokenized: {e}", param) from None
 
+    def seen(self, text: str, images: list[tuple[str, str]]) -> tuple[list[int], list]:
+        """A chat prompt's ids and its decoded images (a vision-language model sees them)."""
+        model = self.engine.model
+        if not hasattr(model, "seeing"):
+            if images:
+                raise RequestError("this model does not see images; send text only, or serve a vision-language "
+                                   "model (groundup finetune --method flamingo|llava)", images[0][0])
+            return self.encode(text, "messages"), []
+        return encode_text(model, self.tokenizer, text), [decode_image_url(url, param) for param, url in images]
+
     def _request(self, body: GenerationBody, ids: list[int], param: str, default_tokens: int | None,
-                 emit) -> GenerationRequest:
+                 emit, n_images: int = 0) -> GenerationRequest:
         target = self.models.generation_target(body.model)
-        vocab = self.engine.model.config.vocab_size
+        model = self.engine.model
+        sees = hasattr(model, "seeing")
+        vocab = model.config.vocab_size + (2 if sees else 0)  # + a vision-language model's <image>, <|endofchunk|>
         if any(not 0 <= t < vocab for t in ids):
             raise RequestError(f"'{param}' holds token ids outside the vocabulary [0, {vocab})", param)
+        if sees and ids.count(model.image_id) != model.tokens_per_image * n_images:
+            raise RequestError(f"'{param}' marks {ids.count(model.image_id) / model.tokens_per_image:g} images "
+                               f"({IMAGE_MARKER} in the text) but {n_images} were sent: one image_url part per "
+                               f"image, and no literal {IMAGE_MARKER} in the text", param)
         if not ids:
             if self.tokenizer.bos_id is None:
                 raise RequestError(f"'{param}' is empty; give at least one token of text", param)
@@ -327,8 +349,9 @@ class _Context:
         limit = self.engine.max_seq_len
         length = len(ids) + (0 if target.soft_prompt is None else target.soft_prompt.shape[0])
         if length >= limit:
-            raise RequestError(f"'{param}' is {length} tokens but the context holds {limit} (prompt + max_tokens); "
-                               "shorten it", param, "context_length_exceeded")
+            each = f", each image {model.tokens_per_image}" if sees else ""
+            raise RequestError(f"'{param}' is {length} tokens{each} but the context holds {limit} (prompt + "
+                               "max_tokens); shorten it or send fewer images", param, "context_length_exceeded")
         s = body.sampling
         room = limit - length
         max_tokens = s.max_tokens if s.max_tokens is not None else min(default_tokens or room, room)
@@ -403,9 +426,11 @@ class _Context:
         return _reply(meta, kind, reply.text, done)
 
     async def generate(self, request: Request, body: GenerationBody, ids: list[int], kind: str, param: str,
-                       default_tokens: int | None = None) -> Response:
+                       default_tokens: int | None = None, pictures: list | None = None) -> Response:
         events, emit = self._channel()
-        job = self._request(body, ids, param, default_tokens, emit)
+        job = self._request(body, ids, param, default_tokens, emit, len(pictures or ()))
+        if pictures:  # the request is valid: now the images go through the encoder, off the event loop
+            job.images = await asyncio.to_thread(self.engine.model.encode_images, pictures)
         self._submit(job)
         meta = _meta(body.model, kind)
         if body.stream:

@@ -9,6 +9,10 @@ Requests join and leave the running batch at every decode step. Each loop iterat
              row with its own parameters and generator, emit text, free the rows that finished
     embed:   answer queued embedding requests (encoder model) between steps
 
+A vision-language model's request brings its images' features; the engine turns them into visual tokens once, at
+prefill, and every forward pass sees each row's own (rows without images see none), so requests with images and
+text-only ones share a batch.
+
 The web app talks to the engine only through `submit` (a bounded queue: QueueFullError when full) and the
 `emit` callback of each request. A request's adapter is applied to its row alone (peft.adapter_rows), and a
 soft prompt is prepended at prefill, so every request computes what it would compute served alone.
@@ -56,6 +60,7 @@ class _Row:
     generated: int = 0
     t_last: float = 0.0
     done: bool = False
+    visual: torch.Tensor | None = None  # its images through the model's visual() (M, L, d), computed once
 
 
 class Engine:
@@ -86,6 +91,7 @@ class Engine:
                                  f"{self.max_seq_len} (room for one decode step past the longest request)")
             self.token_embedding = model.get_submodule(token_embedding_name(model))
             self.has_adapters = getattr(model, "peft_state", None) is not None
+            self.sees = hasattr(model, "seeing")  # a vision-language model (models/flamingo.py)
         self.metrics.gauges["groundup_queue_depth"] = self.queue_depth
         self.metrics.gauges["groundup_running_requests"] = lambda: len(self.rows)
 
@@ -182,6 +188,18 @@ class Engine:
     def _adapters(self, names: list[str | None]):
         return adapter_rows(self.model, names) if self.has_adapters else contextlib.nullcontext()
 
+    def _media(self, visual: list[torch.Tensor | None]):
+        """The rows' images for one forward pass (a vision-language model; none when no row has images)."""
+        shown = [v for v in visual if v is not None]
+        if not self.sees or not shown:
+            return contextlib.nullcontext()
+        stacked = shown[0].new_zeros(len(visual), max(len(v) for v in shown), *shown[0].shape[1:])
+        for i, v in enumerate(visual):
+            if v is not None:
+                stacked[i, : len(v)] = v
+        counts = torch.tensor([0 if v is None else len(v) for v in visual], device=stacked.device)
+        return self.model.seeing(stacked, counts)
+
     def _prefill_inputs(self, batch: list[GenerationRequest], width: int) -> dict[str, torch.Tensor]:
         """Left-padded prompts (k, width) as ids, or as embeddings when a soft prompt is in the batch
         ([virtual tokens; prompt tokens], as PromptModel lays them out), and each row's own positions."""
@@ -206,7 +224,9 @@ class Engine:
         first, start = cache.add_rows([r.length for r in batch])
         mask = cache.mask[first : first + len(batch), : cache.clock]  # (k, clock): only each row's own columns
         try:
-            with self._adapters([r.adapter for r in batch]):
+            visual = [self.model.visual(r.images[None].to(self.device))[0] if r.images is not None else None
+                      for r in batch]
+            with self._adapters([r.adapter for r in batch]), self._media(visual):
                 logits = self.model(**self._prefill_inputs(batch, width), attention_mask=mask,
                                     cache=cache.rows(first, first + len(batch)), start=start, last_only=True)
         except Exception as e:  # only these requests fail; the running batch goes on
@@ -219,7 +239,7 @@ class Engine:
         self.metrics.add("groundup_prompt_tokens_total", sum(len(r.prompt_ids) for r in batch))
         for i, req in enumerate(batch):
             state = _Row(req, TextStream(self.tokenizer, req.config.stop), req.generator(self.device),
-                         position=req.length)
+                         position=req.length, visual=visual[i])
             self.rows.append(state)
             self._accept(state, int(sample(logits[i : i + 1, -1], req.config, state.generator)[0]))
         self._free_finished()
@@ -239,7 +259,7 @@ class Engine:
         mask = cache.step_mask()  # (n, clock + 1)
         tokens = torch.tensor([[r.last] for r in self.rows], dtype=torch.long, device=self.device)  # (n, 1)
         positions = torch.tensor([[r.position] for r in self.rows], dtype=torch.long, device=self.device)  # (n, 1)
-        with self._adapters([r.request.adapter for r in self.rows]):
+        with self._adapters([r.request.adapter for r in self.rows]), self._media([r.visual for r in self.rows]):
             logits = self.model(tokens, position_ids=positions, attention_mask=mask, cache=cache.rows(0, cache.n),
                                 start=cache.clock, last_only=True)  # (n, 1, V)
         cache.advance()

@@ -38,6 +38,7 @@ class GenerationRequest:
     deadline: float = float("inf")  # time.monotonic() after which the engine gives up on it
     cancelled: threading.Event = field(default_factory=threading.Event)
     created: float = field(default_factory=time.monotonic)
+    images: torch.Tensor | None = None  # a vision-language model's image features (n, 1 + N, d), in marker order
 
     @property
     def length(self) -> int:

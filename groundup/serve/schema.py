@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MAX_STOP = 4
+IMAGE_MARKER = "<image>"  # where an image part stands in a message's text (models/flamingo.py's IMAGE_TOKEN)
 
 
 class RequestError(Exception):
@@ -43,6 +44,7 @@ class GenerationBody:
     include_usage: bool = False  # stream_options.include_usage: a last chunk with the token counts
     prompt: str | list[int] | None = None  # /v1/completions
     messages: list[dict[str, str]] = field(default_factory=list)  # /v1/chat/completions
+    images: list[tuple[str, str]] = field(default_factory=list)  # (param, image URL) per IMAGE_MARKER, in order
 
 
 @dataclass
@@ -140,21 +142,37 @@ def parse_chat(body: dict) -> GenerationBody:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RequestError("'messages' must be a non-empty list of {\"role\", \"content\"} objects", "messages")
-    clean = []
+    clean, images = [], []
     for i, m in enumerate(messages):
         role, content = (m.get("role"), m.get("content")) if isinstance(m, dict) else (None, None)
-        if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]: text parts only
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                       for p in content):
-                raise RequestError(f"messages[{i}].content: only text parts are supported", f"messages[{i}].content")
-            content = "".join(p["text"] for p in content)
+        if isinstance(content, list):  # [{"type": "text", "text": ...} | {"type": "image_url", ...}, ...]
+            content = _content_parts(content, f"messages[{i}].content", images)
         if role not in ("system", "user", "assistant", "developer") or not isinstance(content, str):
             raise RequestError(f"messages[{i}] must have 'role' (system, user or assistant) and a string 'content'; "
                                f"got {m!r:.80}", f"messages[{i}]")
         clean.append({"role": "system" if role == "developer" else role, "content": content})
     field_name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     stream, usage = _stream(body)
-    return GenerationBody(_model(body), _sampling(body, field_name), stream, usage, messages=clean)
+    return GenerationBody(_model(body), _sampling(body, field_name), stream, usage, messages=clean, images=images)
+
+
+def _content_parts(parts: list, param: str, images: list[tuple[str, str]]) -> str:
+    """A message's content parts as one text, each image part an IMAGE_MARKER line; the image URLs go to images."""
+    text = []
+    for j, p in enumerate(parts):
+        kind = p.get("type") if isinstance(p, dict) else None
+        if kind == "text" and isinstance(p.get("text"), str):
+            text.append(p["text"])
+        elif kind == "image_url":
+            url = p.get("image_url", {}).get("url") if isinstance(p.get("image_url"), dict) else p.get("image_url")
+            if not isinstance(url, str):
+                raise RequestError(f"{param}[{j}].image_url must be {{\"url\": \"data:image/png;base64,...\"}}",
+                                   f"{param}[{j}].image_url")
+            images.append((f"{param}[{j}].image_url", url))
+            text.append(IMAGE_MARKER + "\n")
+        else:
+            raise RequestError(f"{param}[{j}]: only text and image_url parts are supported", f"{param}[{j}]")
+    return "".join(text)
 
 
 def parse_embedding(body: dict, max_inputs: int = 256) -> EmbeddingBody:

@@ -279,7 +279,7 @@ def _with_text_model(job: ServeJob) -> tuple[Engine, ServedModels]:
     if encoder is not None:
         require_tokenizer(encoder[1], job.embedding_model, "serve --embedding_model")
     cascades = {n: ServedCascade(load_cascade(spec, job)) for n, spec in specs.items()}
-    if not isinstance(model, DecoderLM):  # an encoder given as --model: serve embeddings only
+    if model.config.arch != "decoder":  # an encoder given as --model: serve embeddings only
         if adapters or encoder is not None:
             raise ValueError(f"--model {job.model} is not a decoder (it is {type(model).__name__}); adapters and "
                              "--embedding_model need a generating (decoder) model as --model")
