@@ -155,12 +155,15 @@ class VLMData:
         width = max(len(self.rows[i][0]) for i in which) - 1
         ids = torch.full((len(which), width), self.pad_id, dtype=torch.long)
         labels = torch.full((len(which), width), IGNORE_INDEX, dtype=torch.long)
-        media = self.features.new_zeros(len(which), max(self.max_images, 1), *self.features.shape[1:])
         for b, i in enumerate(which):
             tok, train = self.rows[i]
             n = len(tok) - 1
             ids[b, :n] = torch.from_numpy(tok[:-1])
             labels[b, :n] = torch.from_numpy(np.where(train[1:], tok[1:], IGNORE_INDEX))
+        if not self.max_images:  # text only: the base model's inputs
+            return {"input_ids": ids, "labels": labels}
+        media = self.features.new_zeros(len(which), self.max_images, *self.features.shape[1:])
+        for b, i in enumerate(which):
             for m, row in enumerate(self.image_rows[i]):
                 media[b, m] = self.features[row]
         return {"input_ids": ids, "labels": labels, "media": media}
@@ -189,6 +192,8 @@ def image_features(examples: Sequence[VLMExample], model: VisionLM) -> tuple[tor
                 images.append(img)
             mine.append(index[key])
         rows.append(mine)
+    if not images:
+        return torch.empty(0), rows
     try:
         features = model.encode_images(images)
     except (ImageError, OSError) as e:

@@ -22,3 +22,12 @@ class EngineConfig:
             raise ValueError(f"EngineConfig.max_seq_len={self.max_seq_len} must be at least 2")
         if self.request_timeout <= 0:
             raise ValueError(f"EngineConfig.request_timeout={self.request_timeout} must be positive (seconds)")
+
+
+@dataclass
+class AppConfig:
+    api_key: str | None = None  # when set, every route but /health needs `Authorization: Bearer <key>`
+    max_body_bytes: int = 1 << 20
+    max_audio_bytes: int = 25 << 20  # a /v1/audio/transcriptions upload (the whole multipart body); larger: 413
+    retry_after_s: int = 1  # the Retry-After header of a 429
+    shutdown_grace_s: float = 60.0  # how long shutdown waits for running requests
