@@ -67,7 +67,8 @@ bench-speech: install
 	$(PY) bench/report.py
 
 bench-vision: install
-	# ViT inference vs transformers' Dinov2Model; a CLIP step vs open_clip; ViT vs CNN by data size; CLIP zero-shot
+	# ViT inference vs transformers' Dinov2Model; a CLIP step vs open_clip; ViT vs CNN by data size; CLIP zero-shot;
+	# Flamingo vs LLaVA on SmolLM2 + DINOv2
 	# open_clip imports torchvision; PyPI's 0.28.0 (for torch 2.13) is a CUDA build, kept out of the venv's
 	# site-packages (it would break transformers' image processors) in .venv/anchors, which only clip_step.py reads
 	[ -d $(VENV)/anchors/torchvision-0.28.0.dist-info ] || $(PIP) -q --no-deps --upgrade --target $(VENV)/anchors torchvision==0.28.0
@@ -75,6 +76,7 @@ bench-vision: install
 	$(PY) bench/clip_step.py
 	$(PY) bench/vit_vs_cnn.py --threads 1
 	$(PY) bench/clip_zeroshot.py --threads 1
+	$(PY) bench/vlm.py
 	$(PY) bench/report.py
 
 bench-serve: install

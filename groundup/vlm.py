@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .config import VisionLMConfig
-from .data.vlm import VLMExample, encode_text
+from .data.vlm import VLMExample, encode_text, image_features
 from .generate import GenerationConfig, generate
 from .models.flamingo import IMAGE_TOKEN, VisionLM
 from .models.vit import ViT
@@ -128,15 +128,16 @@ def stacked_media(features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch
 
 
 def answer(model: VisionLM, tokenizer: Tokenizer, conversations: Sequence[VLMExample],
-           cfg: GenerationConfig, batch_size: int = 16) -> list[str]:
-    """The model's reply to each conversation (its messages end with a user turn; its images in marker order)."""
+           cfg: GenerationConfig, batch_size: int = 16, known: dict | None = None) -> list[str]:
+    """The model's reply to each conversation (its messages end with a user turn; its images in marker order).
+    known: image features already computed by this encoder, by path (data.vlm.image_features)."""
     cfg = dataclasses.replace(cfg, eos_id=tokenizer.eos_id if cfg.eos_id is None else cfg.eos_id)
     out: list[str] = []
     for i in range(0, len(conversations), batch_size):
         chunk = conversations[i: i + batch_size]
         prompts = [encode_prompt(model, tokenizer, ex.messages) for ex in chunk]
-        media, counts = stacked_media([model.encode_images(list(ex.images)) if ex.images else torch.empty(0)
-                                       for ex in chunk])
+        features, rows = image_features(chunk, model, known)
+        media, counts = stacked_media([features[r] if r else torch.empty(0) for r in rows])
         with model.images(media, counts) if int(counts.sum()) else contextlib.nullcontext():
             rows = generate(model, prompts, cfg)
         out += [tokenizer.decode([t for t in r if t != cfg.eos_id]) for r in rows]

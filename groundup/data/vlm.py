@@ -131,7 +131,9 @@ class VLMData:
     A seeded permutation puts val_fraction of the examples in "val"."""
 
     def __init__(self, examples: Sequence[VLMExample], tokenizer: Tokenizer, model: VisionLM, block_size: int,
-                 val_fraction: float = 0.0, seed: int = 0, template: str | None = None) -> None:
+                 val_fraction: float = 0.0, seed: int = 0, template: str | None = None,
+                 known: dict[Any, torch.Tensor] | None = None) -> None:
+        """known: features already computed by the same encoder, by image path; filled with this data's."""
         if not examples:
             raise VLMFormatError("no vision-language examples to train on")
         self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else (tokenizer.eos_id or 0)
@@ -143,7 +145,7 @@ class VLMData:
                 raise VLMFormatError(f"record {ex.record}: {len(ids)} tokens with its images do not fit the context "
                                      f"of {block_size}; shorten the conversation or use fewer images")
             rows.append((ids, train))
-        self.features, self.image_rows = image_features(examples, model)
+        self.features, self.image_rows = image_features(examples, model, known)
         order = np.random.default_rng(seed).permutation(len(examples))
         n_val = int(len(examples) * val_fraction)
         self.split_rows = {"train": order[n_val:].tolist(), "val": order[:n_val].tolist()}
@@ -176,8 +178,10 @@ class VLMData:
         return self.batch([rows[i] for i in pick])
 
 
-def image_features(examples: Sequence[VLMExample], model: VisionLM) -> tuple[torch.Tensor, list[list[int]]]:
-    """The encoder's features of every distinct image (n, 1 + N, d), and each example's rows of them."""
+def image_features(examples: Sequence[VLMExample], model: VisionLM, known: dict[Any, torch.Tensor] | None = None
+                   ) -> tuple[torch.Tensor, list[list[int]]]:
+    """The encoder's features of every distinct image (n, 1 + N, d), and each example's rows of them; images in
+    `known` (path -> features) are not encoded again, and the new ones are added to it."""
     from groundup.vision.preprocess import ImageError
 
     index: dict[Any, int] = {}
@@ -194,9 +198,14 @@ def image_features(examples: Sequence[VLMExample], model: VisionLM) -> tuple[tor
         rows.append(mine)
     if not images:
         return torch.empty(0), rows
+    known = {} if known is None else known
+    todo = [img for img in images if not isinstance(img, str) or img not in known]
     try:
-        features = model.encode_images(images)
+        new = model.encode_images(todo) if todo else None
     except (ImageError, OSError) as e:
         record = next((ex.record for ex in examples for p in ex.images if isinstance(p, str) and p in str(e)), "?")
         raise VLMFormatError(f"record {record}: an image cannot be read: {e}") from e
+    fresh = iter(new if new is not None else ())
+    features = torch.stack([known[img] if isinstance(img, str) and img in known else next(fresh) for img in images])
+    known.update({img: f for img, f in zip(images, features, strict=True) if isinstance(img, str)})
     return features, rows
