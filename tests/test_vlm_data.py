@@ -125,3 +125,16 @@ def test_finetune_cli_refuses_bad_data_before_writing(tiny, tmp_path, capsys):
                  str(tmp_path / "bad.json"), "--out_dir", str(out)]) != 0
     assert "record 0: 0 <image> marker" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_clip_checkpoint_lends_its_image_tower(tmp_path):
+    from groundup.models.clip import CLIP, clip_preset
+    from groundup.vlm import load_vision_encoder
+
+    torch.manual_seed(0)
+    clip = CLIP(clip_preset("clip-tiny"))
+    tower = load_vision_encoder(str(save_checkpoint(tmp_path / "clip", clip)))
+    assert isinstance(tower, ViT)
+    torch.testing.assert_close(tower.state_dict(), clip.visual.state_dict())
+    with pytest.raises(ValueError, match="not an image encoder"):
+        load_vision_encoder(str(save_checkpoint(tmp_path / "lm", tiny_decoder(50))))

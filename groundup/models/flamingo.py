@@ -36,8 +36,9 @@ IMAGE_TOKEN, CHUNK_TOKEN = "<image>", "<|endofchunk|>"
 
 @dataclasses.dataclass
 class MediaContext:
-    """What the cross-attention layers read during one forward (or one generation): every row's image latents
-    (B, M L, d_vision) and the image each token sees; each layer's K/V of the latents is computed once."""
+    """What the cross-attention layers read during one forward: every row's image latents (B, M L, d_vision) and
+    the image each token sees; each layer projects the latents to its K/V once per forward (a decode step's
+    projection of 64 latents is small beside the step; the latents themselves are computed once per request)."""
 
     latents: torch.Tensor
     n_latents: int
