@@ -310,7 +310,7 @@ def vision_preset(name: str, **overrides: Any) -> VisionConfig:
 class VisionLMConfig:
     """A vision-language model (models/flamingo.py): how a frozen vision encoder is joined to a frozen decoder."""
 
-    kind: Literal["flamingo", "llava"] = "flamingo"
+    kind: Literal["flamingo", "llava"] = "flamingo"  # groundup finetune sets it from --method
     vision_dim: int | None = None  # the vision encoder's width (None: read from the encoder)
     image_size: int | None = None  # pixels per side the encoder reads (None: its own; positions are resized)
     # flamingo
