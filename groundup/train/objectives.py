@@ -142,7 +142,8 @@ def get_objective(name_or_fn: str | Objective) -> Objective:
 def token_count(batch: dict[str, Any]) -> int:
     """Tokens processed by the model for this batch (for tokens/s): every token-id tensor's size; for a batch of
     images without text, the number of images (the tokens/s column then counts images/s)."""
-    tokens = sum(int(batch[k].numel()) for k in ("input_ids", "src_ids", "tgt_in") if k in batch)
+    tokens = sum(int(batch[k].numel()) for k in ("input_ids", "src_ids", "tgt_in", "chosen_ids", "rejected_ids")
+                 if k in batch)
     return tokens or (len(batch["pixels"]) if "pixels" in batch else 0)
 
 
