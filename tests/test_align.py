@@ -127,3 +127,65 @@ def test_a_reward_model_separates_separable_pairs(tmp_path):
     with torch.no_grad():
         _, metrics = objective(model, every)
     assert float(metrics["accuracy"]) == 1.0
+
+
+def test_kl_estimators_whitening_and_group_advantages_by_hand():
+    from groundup.align.rl import AdaptiveKL, group_advantages, kl_per_token, whiten
+
+    logp, ref = t(math.log(0.5), math.log(0.2)), t(math.log(0.25), math.log(0.4))
+    torch.testing.assert_close(kl_per_token(logp, ref, "k1"), t(math.log(2), math.log(0.5)))
+    # k3 = (r - 1) - log r with r = ref / pi: 0.5 and 2
+    torch.testing.assert_close(kl_per_token(logp, ref, "k3"), t(-0.5 - math.log(0.5), 1 - math.log(2)))
+    x = t(1.0, 2.0, 3.0, 100.0)
+    w = whiten(x, t(1, 1, 1, 0))  # the masked-out 100 takes no part: mean 2, variance 2/3
+    torch.testing.assert_close(w[:3], t(-1.0, 0.0, 1.0) / math.sqrt(2 / 3 + 1e-8))
+    adv = group_advantages(t(1.0, 0.0, 1.0, 0.0, 0.0, 0.0), 3)  # groups (1, 0, 1) and (0, 0, 0)
+    s = math.sqrt(1 / 3)  # the sample std of (1, 0, 1)
+    torch.testing.assert_close(adv, t(1 / 3 / (s + 1e-4), -2 / 3 / (s + 1e-4), 1 / 3 / (s + 1e-4), 0, 0, 0))
+    kl = AdaptiveKL(init=0.1, target=1.0, horizon=10)
+    assert math.isclose(kl.update(3.0, 5), 0.1 * (1 + 0.2 * 0.5))  # the error is clipped at 0.2
+
+
+def test_gae_by_hand():
+    from groundup.align.rl import gae
+
+    # one row, three response tokens, reward only at the end; gamma 0.9, lambda 0.5
+    rewards, values, mask = t(0, 0, 1.0)[None], t(0.5, 0.2, 0.4)[None], t(1, 1, 1)[None]
+    d2 = 1.0 - 0.4                     # the episode ends after t = 2
+    d1 = 0.0 + 0.9 * 0.4 - 0.2
+    d0 = 0.0 + 0.9 * 0.2 - 0.5
+    a2 = d2
+    a1 = d1 + 0.9 * 0.5 * a2
+    a0 = d0 + 0.9 * 0.5 * a1
+    adv, ret = gae(rewards, values, mask, gamma=0.9, lam=0.5)
+    torch.testing.assert_close(adv, t(a0, a1, a2)[None])
+    torch.testing.assert_close(ret, t(a0 + 0.5, a1 + 0.2, a2 + 0.4)[None])
+    # left and right of the response (prompt, padding) stay 0
+    adv, _ = gae(t(0, 0, 1.0, 0)[None], t(9, 0.2, 0.4, 9)[None], t(0, 1, 1, 0)[None], 0.9, 0.5)
+    assert adv[0, 0] == 0 and adv[0, 3] == 0
+
+
+def test_grpo_raises_a_rule_based_reward(tmp_path):
+    from groundup.align.grpo import GroupRollouts, GRPOConfig, grpo_objective
+    from groundup.generate import GenerationConfig, generate
+
+    tok = chat_tokenizer()
+    policy = tiny_decoder(tok.vocab_size)
+    reference = copy.deepcopy(policy).eval()
+    reward = lambda text, _: text.count("e") / max(1, len(text))  # noqa: E731  (write e's)
+    prompts = [(f"Line {i}:", "") for i in range(8)]
+    cfg = GRPOConfig(group_size=8, max_new_tokens=6, temperature=1.0, kl_coef=0.01)
+
+    def mean_reward() -> float:
+        rows = generate(policy, [tok.encode(p) for p, _ in prompts] * 8, GenerationConfig(max_new_tokens=6, seed=0,
+                                                                                         temperature=1.0))
+        return sum(reward(tok.decode(r), "") for r in rows) / len(rows)
+
+    before = mean_reward()
+    data = GroupRollouts(policy, tok, prompts, reward, cfg, reference)
+    result = train(policy, grpo_objective(cfg.kl_coef, cfg.clip), data, TrainConfig(
+        out_dir=str(tmp_path), max_steps=40, batch_size=32, lr=1e-2, warmup_steps=1, eval_every=0, ckpt_every=0,
+        progress=False))
+    after = mean_reward()
+    assert after > before + 0.15, (before, after)  # 0.04 -> 0.31 here
+    assert result.losses and all(math.isfinite(x) for x in result.losses)
