@@ -189,3 +189,31 @@ def test_grpo_raises_a_rule_based_reward(tmp_path):
     after = mean_reward()
     assert after > before + 0.15, (before, after)  # 0.04 -> 0.31 here
     assert result.losses and all(math.isfinite(x) for x in result.losses)
+
+
+def test_ppo_raises_a_rule_based_reward_with_the_kl_under_its_target(tmp_path):
+    from groundup.align.ppo import ActorCritic, PPOConfig, PPORollouts, ppo_objective
+    from groundup.generate import GenerationConfig, generate
+
+    tok = chat_tokenizer()
+    policy = tiny_decoder(tok.vocab_size)
+    reference = copy.deepcopy(policy).eval()
+    model = ActorCritic(policy)
+    reward = lambda texts: torch.tensor([x.count("e") / max(1, len(x)) for x in texts])  # noqa: E731
+    prompts = [f"Line {i}:" for i in range(8)]
+    cfg = PPOConfig(rollout_size=64, epochs=4, max_new_tokens=6, kl_coef=0.05, kl_target=2.0, kl_horizon=1000,
+                    eos_penalty=0.0)
+
+    def mean_reward() -> float:
+        rows = generate(policy, [tok.encode(p) for p in prompts] * 8, GenerationConfig(max_new_tokens=6, seed=0,
+                                                                                      temperature=1.0))
+        return float(reward([tok.decode(r) for r in rows]).mean())
+
+    before = mean_reward()
+    data = PPORollouts(model, tok, prompts, reward, cfg, reference)
+    train(model, ppo_objective(cfg.clip, cfg.clip_value, cfg.vf_coef), data, TrainConfig(
+        out_dir=str(tmp_path), max_steps=160, batch_size=16, lr=1e-2, warmup_steps=1, eval_every=0, ckpt_every=0,
+        progress=False))
+    after = mean_reward()
+    assert after > before + 0.03, (before, after)  # 0.044 -> 0.089 here
+    assert len(data.stats) == 10 and all(s["kl"] < cfg.kl_target for s in data.stats)
