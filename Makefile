@@ -21,6 +21,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	# the CLIP BPE vocabulary ships in open-clip-torch: groundup reads the file only (--no-deps: no torchvision);
 	# its tokenizer is the tests' oracle
 	$(PIP) -q --no-deps open-clip-torch==3.3.0
+	# human sentiment ratings (alignment's preference pairs): the vaderSentiment source distribution, read as is
+	[ -f $(VENV)/data/vaderSentiment-3.3.2.tar.gz ] || $(PY) -m pip download -q --no-deps --no-binary :all: \
+		vaderSentiment==3.3.2 -d $(VENV)/data
 	touch $@
 
 install: $(VENV)/.installed

@@ -217,3 +217,17 @@ def test_ppo_raises_a_rule_based_reward_with_the_kl_under_its_target(tmp_path):
     after = mean_reward()
     assert after > before + 0.03, (before, after)  # 0.044 -> 0.089 here
     assert len(data.stats) == 10 and all(s["kl"] < cfg.kl_target for s in data.stats)
+
+
+def test_human_ratings_make_disjoint_preference_pairs():
+    from groundup.data.ratings import human_ratings, rating_pairs, split_ratings
+
+    movie = human_ratings("movie")
+    assert len(movie) > 10_000 and all(-4 <= r <= 4 for r, _ in movie)
+    assert (2.26666666667, movie[0][1]) == (movie[0][0], movie[0][1]) and movie[0][1].startswith("The Rock is destined")
+    train, test = split_ratings(movie, 0.2)
+    assert not {s for _, s in train} & {s for _, s in test}
+    rated = dict((s, r) for r, s in movie)
+    pairs = rating_pairs(train, 50, min_margin=2.0)
+    assert all(rated[p.chosen] - rated[p.rejected] >= 2.0 and p.margin == pytest.approx(
+        rated[p.chosen] - rated[p.rejected]) for p in pairs)
