@@ -40,7 +40,10 @@ def load_vision_encoder(name: str) -> ViT:
     from .loading import load_pretrained
     from .models.clip import CLIP
 
-    model, _ = load_pretrained(name)
+    try:
+        model, _ = load_pretrained(name)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"vision={name!r}: {e}") from None
     if isinstance(model, CLIP):
         model = model.visual
     if not isinstance(model, ViT):

@@ -80,7 +80,7 @@ def load_llava_json(path: str | os.PathLike) -> list[VLMExample]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no vision-language data at {path}: give a LLaVA JSON file "
-                                "(`groundup data vlm --out DIR` writes one)")
+                                "(`groundup data vlm --out_dir DIR` writes one)")
     text = path.read_text(encoding="utf-8")
     try:
         records = json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in text.splitlines()
