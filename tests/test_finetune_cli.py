@@ -89,7 +89,8 @@ def test_malformed_jsonl_line_exits_2_naming_the_line(tmp_path, base):
 def test_unknown_method_exits_2_listing_the_methods(tmp_path, base):
     done = groundup("finetune", "--method=dora", f"--model={base}", "--data.path=x.jsonl")
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert "method='dora' is unknown; use one of ['full', 'lora', 'prompt', 'prefix', 'ia3', 'bitfit']" in done.stderr
+    methods = "['full', 'lora', 'prompt', 'prefix', 'ia3', 'bitfit', 'flamingo', 'llava']"
+    assert f"method='dora' is unknown; use one of {methods}" in done.stderr
 
 
 def test_data_clean_prints_its_report_and_writes_the_kept_records(tmp_path):
