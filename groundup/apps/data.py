@@ -9,7 +9,7 @@ from ..cli import parse_list
 from ..data.arithmetic import make_arithmetic_splits
 from ..data.augment import augment_records
 from ..data.clean import clean_jsonl
-from ..data.instruct_jsonl import empty_file_error, json_line, write_jsonl
+from ..data.instruct_jsonl import jsonl_objects, write_jsonl
 from ..jobs.files import ArithmeticJob, AugmentJob, CleanJob, VLMTaskJob
 
 
@@ -18,28 +18,6 @@ def str_list(value: list[str] | str, name: str) -> list[str]:
     if not isinstance(value, str):
         return list(value)
     return parse_list(value, f"--{name}")  # "[+, -, *]" is three items, not YAML's alias marker
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """The records of a JSONL file (blank lines skipped); a line that is not a JSON object is an error naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file; pass a JSONL file (one JSON object a line)")
-    records = []
-    with open(path, encoding="utf-8") as f:  # lines end at newlines only (splitlines would cut at U+2028 too)
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json_line(line)
-            except ValueError as e:
-                raise ValueError(f"{path} line {n}: {e}; fix it") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{path} line {n}: expected a JSON object, got {type(rec).__name__}")
-            records.append(rec)
-    if not records:
-        raise empty_file_error(path)
-    return records
 
 
 def clean_tokenizer(job: CleanJob):
@@ -69,7 +47,8 @@ def clean_cli(job: CleanJob):
 def augment_cli(job: AugmentJob):
     if not job.input or not job.out:
         raise ValueError("data augment needs --input (a JSONL file) and --out (where to write)")
-    records, report = augment_records(read_jsonl(job.input), job.field, str_list(job.methods, "methods"),
+    records, report = augment_records([rec for _, rec in jsonl_objects(job.input)], job.field,
+                                      str_list(job.methods, "methods"),
                                       job.n_per_record, job.seed, job.p, job.keep_original,
                                       str_list(job.protect, "protect"), job.payload_words)
     write_jsonl(job.out, records)

@@ -56,6 +56,29 @@ def json_line(text: str) -> object:
         raise ValueError(f"not valid JSON ({e.msg} at column {e.colno})") from None
 
 
+def jsonl_objects(path: str | os.PathLike) -> list[tuple[int, dict]]:
+    """(line number, record) for every non-blank line of a JSONL file; a missing or empty file, or a line that is
+    not a JSON object, is an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; pass a JSONL file (one JSON object a line)")
+    records = []
+    with open(path, encoding="utf-8") as f:  # lines end at newlines only (splitlines would cut at U+2028 too)
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json_line(line)
+            except ValueError as e:
+                raise ValueError(f"{path} line {n}: {e}; fix it") from None
+            if not isinstance(rec, dict):
+                raise ValueError(f"{path} line {n}: expected a JSON object, got {type(rec).__name__}")
+            records.append((n, rec))
+    if not records:
+        raise empty_file_error(path)
+    return records
+
+
 @dataclass(frozen=True)
 class Example:
     """One instruction example. For prompt_completion and alpaca `prompt` is the whole conditioning

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from groundup.data.instruct import IGNORE_INDEX
-from groundup.data.instruct_jsonl import empty_file_error, json_line
+from groundup.data.instruct_jsonl import jsonl_objects
 from groundup.tokenizer import Tokenizer
 
 FIELDS = ("prompt", "chosen", "rejected")
@@ -60,19 +60,7 @@ def load_preferences(path: str | os.PathLike) -> list[Preference]:
     if not path.is_file():
         raise FileNotFoundError(f"no preference data at {path}: give a JSONL file of "
                                 '{"prompt": ..., "chosen": ..., "rejected": ...} lines')
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for n, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                record = json_line(text)
-            except ValueError as e:
-                raise PreferenceFormatError(f"line {n}: {e}") from None
-            out.append(parse_preference(record, n))
-    if not out:
-        raise empty_file_error(path)
-    return out
+    return [parse_preference(record, n) for n, record in jsonl_objects(path)]
 
 
 class PreferenceData:

@@ -91,7 +91,6 @@ class Engine:
                                  f"{self.max_seq_len} (room for one decode step past the longest request)")
             self.token_embedding = model.get_submodule(token_embedding_name(model))
             self.has_adapters = getattr(model, "peft_state", None) is not None
-            self.sees = hasattr(model, "seeing")  # a vision-language model (models/flamingo.py)
         self.metrics.gauges["groundup_queue_depth"] = self.queue_depth
         self.metrics.gauges["groundup_running_requests"] = lambda: len(self.rows)
 
@@ -189,9 +188,9 @@ class Engine:
         return adapter_rows(self.model, names) if self.has_adapters else contextlib.nullcontext()
 
     def _media(self, visual: list[torch.Tensor | None]):
-        """The rows' images for one forward pass (a vision-language model; none when no row has images)."""
+        """The rows' images for one forward pass (a vision-language model's; none when no row has images)."""
         shown = [v for v in visual if v is not None]
-        if not self.sees or not shown:
+        if not shown:
             return contextlib.nullcontext()
         stacked = shown[0].new_zeros(len(visual), max(len(v) for v in shown), *shown[0].shape[1:])
         for i, v in enumerate(visual):
