@@ -230,29 +230,33 @@ JOB_RECORD = "finetune_job.json"
 
 
 def _job_record(job: FinetuneJob, cfg: TrainConfig) -> dict | None:
-    """What out_dir/finetune_job.json is to hold (None: keep the record there). When resuming, check first that the
-    run being continued built the same model (base, method, PEFT options), so a mismatch is named here rather than
-    as missing checkpoint keys. Reads only: finetune() writes the record once every input has been validated."""
-    path = Path(job.out_dir) / JOB_RECORD
     mine = {"model": job.model, "method": job.method, "peft": dataclasses.asdict(job.peft),
             **({"quantize": job.quantize} if job.quantize else {})}  # absent for a float base, as in older records
-    has_ckpt = (Path(job.out_dir) / "ckpt").exists()
-    if has_ckpt and not cfg.resume:
+    return run_record(job.out_dir, mine, cfg.resume, JOB_RECORD, "--model/--method/--peft")
+
+
+def run_record(out_dir: str, mine: dict, resume: bool, name: str, flags: str) -> dict | None:
+    """What out_dir/<name> is to hold (None: keep the record there): `mine`, the settings that build the model.
+    When resuming, check first that the run being continued built the same model, so a mismatch is named here
+    (with the `flags` to fix) rather than as missing checkpoint keys. Reads only: write_run_record writes it once
+    every input has been validated."""
+    path = Path(out_dir) / name
+    has_ckpt = (Path(out_dir) / "ckpt").exists()
+    if has_ckpt and not resume:
         return None  # train() refuses to overwrite that run; keep its record
     if has_ckpt and path.is_file():
         saved = json.loads(path.read_text())
         diff = [f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}" for k, v in mine.items() if saved.get(k) != v]
         if diff:
-            raise ValueError(f"--train.resume=true, but {job.out_dir} holds a run with other settings "
-                             f"({'; '.join(diff)}); resume with the same --model/--method/--peft options, or choose "
-                             "another --out_dir")
+            raise ValueError(f"--train.resume=true, but {out_dir} holds a run with other settings "
+                             f"({'; '.join(diff)}); resume with the same {flags} options, or choose another --out_dir")
     return mine
 
 
-def _write_job_record(out_dir: str, record: dict | None) -> None:
+def write_run_record(out_dir: str, record: dict | None, name: str = JOB_RECORD) -> None:
     if record is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(out_dir) / JOB_RECORD).write_text(json.dumps(record, indent=2))
+        (Path(out_dir) / name).write_text(json.dumps(record, indent=2))
 
 
 def _check_examples(job: FinetuneJob, examples: Sequence[object], skipped: int) -> None:
@@ -298,7 +302,7 @@ def finetune(job: FinetuneJob) -> FinetuneResult:
         _say(f"no validation examples (val_fraction={job.data.val_fraction}): evaluation off")
         cfg = dataclasses.replace(cfg, eval_every=0)
     _say(f"method={job.method} lr={cfg.lr:g} {summary(model)}; {data.report.summary()}")
-    _write_job_record(job.out_dir, record)
+    write_run_record(job.out_dir, record)
     result = train(model, "causal_lm", data, cfg, tokenizer=tok)
     saved = save_finetuned(model, tok, job.method, job.out_dir, training_prompt_format(job, report.formats, data))
     _say("wrote " + ", ".join(str(p) for p in saved.values()))

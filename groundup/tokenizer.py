@@ -14,6 +14,7 @@ Every tokenizer here is a Hugging Face `tokenizers.Tokenizer` underneath, so a s
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -28,6 +29,8 @@ __all__ = [
 
 TOKENIZER_FILE = "tokenizer.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"  # the file name transformers uses too
+ROLES_FILE = "tokenizer_config.json"  # bos_token / eos_token / ... as Hugging Face names them
+SAVED_ROLES = ("bos", "eos", "pad", "unk")
 BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 # Special-token roles, found by name among the tokenizer's *special* added tokens, first match
@@ -128,13 +131,17 @@ class Tokenizer:
     # --- files ----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write `tokenizer.json` into directory `path` (created), or to `path` if it ends in
-        .json. Written to a temp file first and renamed, so a crash never leaves half a file."""
+        .json, and beside it tokenizer_config.json naming the bos / eos / pad / unk tokens (Hugging Face's keys), so
+        roles set from a checkpoint's word (a GGUF's eos <|im_end|>) survive. Each file is written to a temp file
+        first and renamed, so a crash never leaves half a file."""
         path = Path(path)
         file = path if path.suffix == ".json" else path / TOKENIZER_FILE
         file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(file.name + ".tmp")
-        tmp.write_text(self.backend.to_str(pretty=True), encoding="utf-8")
-        os.replace(tmp, file)
+        roles = {f"{r}_token": self.id_to_token(i) for r in SAVED_ROLES if (i := self._role_ids[r]) is not None}
+        for target, text in ((file, self.backend.to_str(pretty=True)), (file.parent / ROLES_FILE, json.dumps(roles))):
+            tmp = target.with_name(target.name + ".tmp")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, target)
         if self.chat_template is not None:
             (file.parent / CHAT_TEMPLATE_FILE).write_text(self.chat_template, encoding="utf-8")
         return file
@@ -163,6 +170,13 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
         raise ValueError(f"load_tokenizer: {file} is not a valid tokenizers JSON file ({e})") from e
     template = file.parent / CHAT_TEMPLATE_FILE
     tok.chat_template = template.read_text(encoding="utf-8") if template.is_file() else None
+    roles = file.parent / ROLES_FILE
+    declared = json.loads(roles.read_text(encoding="utf-8")) if roles.is_file() else {}
+    for role in SAVED_ROLES:
+        name = declared.get(f"{role}_token")
+        found = tok.token_to_id(name.get("content") if isinstance(name, dict) else name) if name else None
+        if found is not None:
+            tok.set_role(role, found)  # the saved word wins over the guess by token name
     return tok
 
 

@@ -199,7 +199,7 @@ def test_ppo_raises_a_rule_based_reward_with_the_kl_under_its_target(tmp_path):
     policy = tiny_decoder(tok.vocab_size)
     reference = copy.deepcopy(policy).eval()
     model = ActorCritic(policy)
-    reward = lambda texts: torch.tensor([x.count("e") / max(1, len(x)) for x in texts])  # noqa: E731
+    reward = lambda _, texts: torch.tensor([x.count("e") / max(1, len(x)) for x in texts])  # noqa: E731
     prompts = [f"Line {i}:" for i in range(8)]
     cfg = PPOConfig(rollout_size=64, epochs=4, max_new_tokens=6, kl_coef=0.05, kl_target=2.0, kl_horizon=1000,
                     eos_penalty=0.0)
@@ -207,7 +207,7 @@ def test_ppo_raises_a_rule_based_reward_with_the_kl_under_its_target(tmp_path):
     def mean_reward() -> float:
         rows = generate(policy, [tok.encode(p) for p in prompts] * 8, GenerationConfig(max_new_tokens=6, seed=0,
                                                                                       temperature=1.0))
-        return float(reward([tok.decode(r) for r in rows]).mean())
+        return float(reward(None, [tok.decode(r) for r in rows]).mean())
 
     before = mean_reward()
     data = PPORollouts(model, tok, prompts, reward, cfg, reference)
@@ -231,3 +231,88 @@ def test_human_ratings_make_disjoint_preference_pairs():
     pairs = rating_pairs(train, 50, min_margin=2.0)
     assert all(rated[p.chosen] - rated[p.rejected] >= 2.0 and p.margin == pytest.approx(
         rated[p.chosen] - rated[p.rejected]) for p in pairs)
+
+
+def ppo_run(tmp_path, crash_after: int | None = None, resume: bool = False):
+    """A PPO run of 10 steps on the tiny model (rollouts of 16, 2 epochs x minibatches of 8: 4 steps a rollout),
+    killed when it draws batch crash_after + 1, like a preempted job."""
+    from groundup.align.ppo import ActorCritic, PPOConfig, PPORollouts, ppo_objective
+
+    class Preempted(PPORollouts):
+        calls = 0
+
+        def get_batch(self, *args):
+            self.calls += 1
+            if crash_after is not None and self.calls > crash_after:
+                raise KeyboardInterrupt("simulated crash")
+            return super().get_batch(*args)
+
+    tok = chat_tokenizer()
+    policy = tiny_decoder(tok.vocab_size)
+    reference = copy.deepcopy(policy).eval()
+    model = ActorCritic(policy)
+    reward = lambda _, texts: torch.tensor([x.count("e") / max(1, len(x)) for x in texts])  # noqa: E731
+    cfg = PPOConfig(rollout_size=16, epochs=2, max_new_tokens=5, kl_coef=0.05, kl_target=1.0, kl_horizon=100)
+    data = Preempted(model, tok, [f"Line {i}:" for i in range(4)], reward, cfg, reference)
+    result = train(model, ppo_objective(), data, TrainConfig(
+        out_dir=str(tmp_path), max_steps=10, batch_size=8, lr=1e-2, warmup_steps=1, eval_every=0, ckpt_every=3,
+        log_every=1, progress=False, resume=resume))
+    return result, model, data
+
+
+def test_an_interrupted_ppo_run_resumes_exactly_mid_rollout(tmp_path):
+    full, model, data = ppo_run(tmp_path / "full")
+    with pytest.raises(KeyboardInterrupt):  # killed in step 4: the checkpoint of step 3 is inside the first rollout
+        ppo_run(tmp_path / "cut", crash_after=3)
+    resumed, again, data_again = ppo_run(tmp_path / "cut", resume=True)
+    assert resumed.losses == full.losses  # the rollout in progress, its order and the KL coefficient came back
+    assert [s["kl_coef"] for s in data_again.stats] == [s["kl_coef"] for s in data.stats]
+    for (name, a), b in zip(model.state_dict().items(), again.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_the_loop_logs_an_objective_s_own_metrics_as_means_since_the_last_row(tmp_path):
+    from groundup.train.metrics import read_metrics
+
+    tok = chat_tokenizer()
+    objective = reward_objective()
+    seen = []
+
+    def counting(model, batch):  # the reward objective, with a metric whose means we know: 1, 2, 3, ...
+        loss, metrics = objective(model, batch)
+        seen.append(float(metrics["accuracy"]))
+        return loss, {**metrics, "count": torch.tensor(float(len(seen)))}
+
+    counting.logged = ("accuracy", "count")
+    train(RewardModel(tiny_decoder(tok.vocab_size)), counting, PreferenceData(pairs(), tok, 64), TrainConfig(
+        out_dir=str(tmp_path), max_steps=6, batch_size=8, grad_accum=2, warmup_steps=1, eval_every=0, ckpt_every=0,
+        log_every=3, progress=False))
+    rows = read_metrics(tmp_path / "metrics.csv")
+    # two micro-steps a step: the count of steps 1-3 is mean(1..6) = 3.5, of steps 4-6 mean(7..12) = 9.5
+    assert [(r["step"], r["count"]) for r in rows] == [(3, 3.5), (6, 9.5)]
+    assert [r["accuracy"] for r in rows] == pytest.approx([sum(seen[:6]) / 6, sum(seen[6:]) / 6])
+    assert (tmp_path / "loss.png").is_file()
+
+
+def test_a_saved_reward_model_scores_as_it_did_and_joins_unprompted_text(tmp_path):
+    from groundup.align.reward import RewardScorer, load_reward_model, save_reward_model
+    from groundup.train import save_checkpoint
+
+    tok = chat_tokenizer()
+    torch.manual_seed(1)
+    model = RewardModel(P.inject(tiny_decoder(tok.vocab_size), P.LoraConfig(r=4, target_modules=["q_proj"])))
+    with torch.no_grad():
+        for p in P.trainable_parameters(model.trunk).values():
+            p.normal_(0, 0.3)
+    before = RewardScorer(model, tok, prompted=False)(["good ", "bad"], ["day", " words"])
+    save_checkpoint(tmp_path / "unused", tiny_decoder(tok.vocab_size), tokenizer=tok)  # a folder without a head
+    with pytest.raises(FileNotFoundError, match="not a reward model folder"):
+        load_reward_model(tmp_path / "unused")
+    save_reward_model(model, tok, tmp_path / "rm", prompted=False)
+    loaded, tok2, prompted = load_reward_model(tmp_path / "rm")
+    scorer = RewardScorer(loaded, tok2, prompted)
+    torch.testing.assert_close(scorer(["good ", "bad"], ["day", " words"]), before, rtol=1e-5, atol=1e-5)
+    # unprompted: the prompt and the response are one text, read at its last token
+    ids = [tok.bos_id if tok.bos_id is not None else tok.eos_id] + tok.encode("good day")
+    direct = loaded(torch.tensor([ids]), torch.tensor([len(ids) - 1]))
+    torch.testing.assert_close(scorer(["good "], ["day"]), direct, rtol=1e-5, atol=1e-5)

@@ -41,6 +41,8 @@ class DPOObjective:
     """A training objective for the one loop: (model, batch) -> (loss, metrics). The batch (PreferenceData) holds
     ref_chosen / ref_rejected when the reference was precomputed; otherwise the adapters are disabled to get it."""
 
+    logged = ("reward_accuracy", "reward_margin")  # the loop's CSV columns and progress bar
+
     def __init__(self, beta: float = 0.1, loss_type: Loss = "sigmoid", label_smoothing: float = 0.0) -> None:
         if beta <= 0:
             raise ValueError(f"beta={beta}: must be positive (0.1 is usual)")

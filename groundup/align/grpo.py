@@ -104,4 +104,5 @@ def grpo_objective(kl_coef: float = 0.04, clip: float = 0.2):
         loss = per_row.mean()
         return loss, {"loss": loss.detach(), "reward": batch["rewards"].mean(), "kl": masked_mean(kl, mask).detach()}
 
+    objective.logged = ("reward", "kl")
     return objective

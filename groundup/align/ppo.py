@@ -1,13 +1,15 @@
 """PPO for language models with a KL penalty (Ziegler et al. 2019; Ouyang et al. 2022, InstructGPT).
 
-    prompts ─> policy samples responses (generate(), seeded) ─> score: reward(text) at the last token,
-    minus kl_coef x k1 KL to the reference on every token, minus eos_penalty when the response never ended
+    prompts ─> policy samples responses (generate(), seeded) ─> score: reward(prompts, responses) at the last
+    token, minus kl_coef x k1 KL to the reference on every token, minus eos_penalty when the response never ended
     ─> values of the value head ─> GAE (gamma, lambda) ─> whitened advantages
     ─> epochs x minibatches of the one training loop: clipped policy surrogate + vf_coef x clipped value loss
 
 The rollout is a batch source (PPORollouts): it samples anew once its epochs x minibatches are served, and the
-adaptive KL controller moves kl_coef toward the target between rollouts. The value head shares the policy's trunk
-(ActorCritic); the reference is a frozen copy or, for a LoRA policy, the policy with its adapters disabled.
+adaptive KL controller moves kl_coef toward the target between rollouts. Its state (the rollout being served, the
+controller) goes into the loop's checkpoint, so an interrupted run resumes exactly. The value head shares the
+policy's trunk (ActorCritic); the reference is a frozen copy or, for a LoRA policy, the policy with its adapters
+disabled.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ..generate import GenerationConfig, generate
 from ..models.decoder import DecoderLM
 from ..peft.api import disable
 from ..tokenizer import Tokenizer
+from ..train.checkpoint import pack_tensor, unpack_tensor
 from .grpo import _rows, token_logprobs
 from .logprobs import IGNORE_INDEX
 from .rl import AdaptiveKL, gae, kl_per_token, masked_mean, whiten
@@ -70,12 +73,12 @@ class PPORollouts:
     """The training loop's batch source: minibatches of the current rollout, a new rollout when they run out."""
 
     def __init__(self, model: ActorCritic, tokenizer: Tokenizer, prompts: Sequence[str],
-                 reward: Callable[[list[str]], torch.Tensor], cfg: PPOConfig,
+                 reward: Callable[[list[str], list[str]], torch.Tensor], cfg: PPOConfig,
                  reference: nn.Module | None = None) -> None:
         if not prompts:
             raise ValueError("PPORollouts: no prompts to sample from")
         self.model, self.tok, self.reward, self.cfg, self.reference = model, tokenizer, reward, cfg, reference
-        self.prompts = [tokenizer.encode(p) for p in prompts]
+        self.texts, self.prompts = list(prompts), [tokenizer.encode(p) for p in prompts]
         self.kl = AdaptiveKL(cfg.kl_coef, cfg.kl_target or 1.0, cfg.kl_horizon)
         self.buffer: dict[str, torch.Tensor] | None = None
         self.order: list[int] = []
@@ -90,6 +93,17 @@ class PPORollouts:
             self.order = [i for _ in range(self.cfg.epochs) for i in torch.randperm(n, generator=generator).tolist()]
         take, self.order = self.order[:batch_size], self.order[batch_size:]
         return {k: v[take] for k, v in self.buffer.items()}
+
+    def state_dict(self) -> dict:
+        """What the loop's checkpoint keeps (JSON): the rollout being served, its order, the KL coefficient."""
+        buffer = {k: [str(v.dtype).removeprefix("torch."), list(v.shape), pack_tensor(v.contiguous().view(torch.uint8))]
+                  for k, v in (self.buffer or {}).items()}
+        return {"kl_coef": self.kl.value, "order": self.order, "buffer": buffer, "stats": self.stats}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.kl.value, self.order, self.stats = state["kl_coef"], list(state["order"]), list(state["stats"])
+        self.buffer = {k: unpack_tensor(data).view(getattr(torch, dtype)).reshape(shape)
+                       for k, (dtype, shape, data) in state["buffer"].items()} or None
 
     @torch.no_grad()
     def _rollout(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -111,7 +125,7 @@ class PPORollouts:
             with disable(model.policy):
                 ref = token_logprobs(model.policy(batch["input_ids"]), batch["labels"])
         texts = [self.tok.decode([t for t in c if t != self.tok.eos_id]) for c in completions]
-        score = self.reward(texts).float()
+        score = self.reward([self.texts[i] for i in picked], texts).float()
         score = score + cfg.eos_penalty * torch.tensor([self.tok.eos_id not in c for c in completions])
         kl = kl_per_token(logp, ref, "k1") * mask
         rewards = -self.kl.value * kl
@@ -124,7 +138,7 @@ class PPORollouts:
         if cfg.kl_target is not None:
             self.kl.update(mean_kl, cfg.rollout_size)
         return {**batch, "old_logprobs": logp, "old_values": values * mask, "advantages": advantages,
-                "returns": returns, "scores": score}
+                "returns": returns, "scores": score, "kl": kl.sum(-1)}
 
 
 def ppo_objective(clip: float = 0.2, clip_value: float = 0.2, vf_coef: float = 0.1):
@@ -143,7 +157,8 @@ def ppo_objective(clip: float = 0.2, clip_value: float = 0.2, vf_coef: float = 0
                                              (v_clipped - batch["returns"]) ** 2), mask)
         loss = pg + vf_coef * vf
         return loss, {"loss": loss.detach(), "policy_loss": pg.detach(), "value_loss": vf.detach(),
-                      "score": batch["scores"].mean(), "clip_fraction": masked_mean(
+                      "score": batch["scores"].mean(), "kl": batch["kl"].mean(), "clip_fraction": masked_mean(
                           ((ratio - 1).abs() > clip).float(), mask)}
 
+    objective.logged = ("score", "kl", "clip_fraction")  # kl: the rollout's k1 KL summed over each response
     return objective

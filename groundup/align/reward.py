@@ -3,16 +3,28 @@ trained on preference pairs with the Bradley-Terry loss
 
     -log sigmoid(r(chosen) - r(rejected) - margin)    (+ centring: coef * (r_c + r_r)^2, keeping rewards near 0)
 
-Any groundup decoder is the trunk (its final-norm hidden states; LoRA on it or not).
+Any groundup decoder is the trunk (its final-norm hidden states; LoRA on it or not). Saved as a folder:
+
+    reward_model/   the trunk as a groundup checkpoint (adapters folded in) + tokenizer,
+                    reward_head.safetensors, reward_model.json {"prompted": whether the pairs had prompts}
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..data.preference import response_row
+from ..tokenizer import Tokenizer
 from .logprobs import IGNORE_INDEX
+
+HEAD_FILE, INFO_FILE = "reward_head.safetensors", "reward_model.json"
 
 
 class RewardModel(nn.Module):
@@ -54,4 +66,54 @@ def reward_objective(center: float = 0.0, use_margin: bool = True):
         loss = bradley_terry_loss(r_c, r_r, batch["margin"] if use_margin else None, center)
         return loss, {"loss": loss.detach(), "accuracy": (r_c > r_r).float().mean()}
 
+    objective.logged = ("accuracy",)
     return objective
+
+
+def save_reward_model(model: RewardModel, tokenizer: Tokenizer, folder: str | Path, prompted: bool) -> Path:
+    """Write the reward model (LoRA folded into the trunk first); `prompted`: its pairs had non-empty prompts."""
+    from ..finetune import merge_for_inference
+    from ..train.checkpoint import save_checkpoint
+
+    folder = Path(folder)
+    save_checkpoint(folder, merge_for_inference(model.trunk), tokenizer=tokenizer)
+    save_file({k: v.detach().contiguous() for k, v in model.head.state_dict().items()}, folder / HEAD_FILE)
+    (folder / INFO_FILE).write_text(json.dumps({"prompted": prompted}))
+    return folder
+
+
+def load_reward_model(folder: str | Path) -> tuple[RewardModel, Tokenizer, bool]:
+    """(reward model in eval mode, its tokenizer, whether it was trained on prompted pairs)."""
+    from ..loading import load_pretrained
+
+    folder = Path(folder)
+    if not (folder / HEAD_FILE).is_file():
+        raise FileNotFoundError(f"reward_model={str(folder)!r} is not a reward model folder (no {HEAD_FILE}); pass the "
+                                "reward_model/ folder `groundup align reward` wrote")
+    trunk, tokenizer = load_pretrained(folder)
+    model = RewardModel(trunk)
+    model.head.load_state_dict(load_file(folder / HEAD_FILE))
+    return model.eval(), tokenizer, json.loads((folder / INFO_FILE).read_text())["prompted"]
+
+
+class RewardScorer:
+    """reward(prompts, responses) -> (B,) scores of a reward model, each pair rendered as its training pairs were
+    (a model trained on unprompted pairs scores prompt + response as one text)."""
+
+    def __init__(self, model: RewardModel, tokenizer: Tokenizer, prompted: bool, batch_size: int = 32) -> None:
+        self.model, self.tok, self.prompted, self.batch_size = model.eval(), tokenizer, prompted, batch_size
+
+    @torch.no_grad()
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        rows = [response_row(self.tok, p, r) if self.prompted else response_row(self.tok, "", p + r)
+                for p, r in zip(prompts, responses, strict=True)]
+        device = next(self.model.parameters()).device
+        out = []
+        for i in range(0, len(rows), self.batch_size):
+            chunk = [ids[:-1] for ids, _ in rows[i: i + self.batch_size]]  # the eos is the last label, not an input
+            ids = torch.zeros(len(chunk), max(map(len, chunk)), dtype=torch.long)
+            for b, row in enumerate(chunk):
+                ids[b, : len(row)] = torch.tensor(row)
+            last = torch.tensor([len(row) - 1 for row in chunk])
+            out.append(self.model(ids.to(device), last.to(device)).cpu())
+        return torch.cat(out)

@@ -1,5 +1,5 @@
-"""The data commands: clean, augment, arithmetic, vlm. They need no torch (nor does their import), so they start at
-once."""
+"""The data commands: clean, augment, arithmetic, vlm, preferences. They need no torch (nor does their import), so
+they start at once."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from ..data.arithmetic import make_arithmetic_splits
 from ..data.augment import augment_records
 from ..data.clean import clean_jsonl
 from ..data.instruct_jsonl import jsonl_objects, write_jsonl
+from ..jobs.align import PreferencesJob
 from ..jobs.files import ArithmeticJob, AugmentJob, CleanJob, VLMTaskJob
 
 
@@ -71,3 +72,22 @@ def vlm_cli(job: VLMTaskJob) -> Path:
     print(f"wrote {job.out_dir}/train.json ({counts['train']} conversations), {job.out_dir}/test.json "
           f"({counts['test']}) and {job.out_dir}/images/")
     return Path(job.out_dir)
+
+
+def preferences_cli(job: PreferencesJob) -> Path:
+    from ..data.ratings import human_ratings, rating_pairs, split_ratings  # numpy, no torch
+
+    train, test = split_ratings(human_ratings(job.domain), seed=job.seed)
+    out = Path(job.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, ratings, n in (("train", train, job.n_train), ("test", test, job.n_test)):
+        pairs = rating_pairs(ratings, n, job.min_margin, seed=job.seed)
+        write_jsonl(out / f"{name}.jsonl", [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected,
+                                             "margin": round(p.margin, 4)} for p in pairs])
+    for name, ratings in (("prompts", train), ("prompts_test", test)):  # the openings of the split's own snippets
+        openings = [" ".join(text.split()[: job.prompt_words]) for _, text in ratings
+                    if len(text.split()) > job.prompt_words]
+        write_jsonl(out / f"{name}.jsonl", [{"prompt": p} for p in openings[: job.n_prompts]])
+    print(f"wrote {out}/train.jsonl ({job.n_train} pairs), test.jsonl ({job.n_test}), prompts.jsonl and "
+          f"prompts_test.jsonl (the first {job.prompt_words} words of snippets) from {job.domain} ratings")
+    return out

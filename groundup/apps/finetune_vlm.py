@@ -14,7 +14,7 @@ import torch
 
 from ..data.arithmetic import exact_match
 from ..data.vlm import VLMData, load_llava_json
-from ..finetune import FinetuneResult, _job_record, _say, _write_job_record, train_config
+from ..finetune import FinetuneResult, _job_record, _say, train_config, write_run_record
 from ..generate import GenerationConfig
 from ..jobs.train import FinetuneJob
 from ..peft import count_parameters
@@ -40,7 +40,7 @@ def finetune_vlm(job: FinetuneJob) -> FinetuneResult:
     _say(f"method={job.method} vision={job.vision} lr={cfg.lr:g}: {trainable:,} of {total:,} parameters train; "
          f"{len(data.split_rows['train'])} train / {len(data.split_rows['val'])} val conversations, "
          f"{len(data.features)} images")
-    _write_job_record(job.out_dir, record)
+    write_run_record(job.out_dir, record)
     result = train(model, "causal_lm", data, cfg, tokenizer=tok)
     out = save_vision_lm(model, Path(job.out_dir) / "vlm", job.model, job.vision, tok)
     _say(f"wrote {out}")

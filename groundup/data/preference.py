@@ -63,6 +63,29 @@ def load_preferences(path: str | os.PathLike) -> list[Preference]:
     return [parse_preference(record, n) for n, record in jsonl_objects(path)]
 
 
+def load_prompts(path: str | os.PathLike) -> list[tuple[int, str]]:
+    """(line, prompt) of a JSONL of {"prompt": ...} lines (the prompts RL samples responses to)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no prompts at {path}: give a JSONL file of {{\"prompt\": ...}} lines")
+    out = []
+    for n, record in jsonl_objects(path):
+        prompt = record.get("prompt") if isinstance(record, dict) else None
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise PreferenceFormatError(f"{path} line {n}: 'prompt' must be a non-empty string")
+        out.append((n, prompt))
+    if not out:
+        raise PreferenceFormatError(f"{path} has no prompts")
+    return out
+
+
+def response_row(tokenizer: Tokenizer, prompt: str, response: str) -> tuple[list[int], int]:
+    """(prompt + response + eos ids, prompt length): an empty prompt is the bos token (or eos, where none)."""
+    ids = tokenizer.encode(prompt) if prompt else [tokenizer.bos_id if tokenizer.bos_id is not None
+                                                   else tokenizer.eos_id]
+    return ids + tokenizer.encode(response) + [tokenizer.eos_id], len(ids)
+
+
 class PreferenceData:
     """Batches of pairs: chosen_ids / chosen_labels and rejected_ids / rejected_labels (right-padded, labels shifted
     and -100 outside the response), and margin. A seeded permutation puts val_fraction of the pairs in "val"."""
@@ -76,14 +99,13 @@ class PreferenceData:
         self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
         self.rows = []
         for p in pairs:
-            prompt = tokenizer.encode(p.prompt) if p.prompt else [tokenizer.bos_id or tokenizer.eos_id]
             sides = []
             for response in (p.chosen, p.rejected):
-                ids = prompt + tokenizer.encode(response) + [tokenizer.eos_id]
+                ids, n_prompt = response_row(tokenizer, p.prompt, response)
                 if len(ids) - 1 > block_size:
                     raise PreferenceFormatError(f"line {p.line}: prompt + response take {len(ids)} tokens; the context "
                                                 f"holds {block_size + 1}: shorten the prompt or the responses")
-                sides.append((ids, len(prompt)))
+                sides.append((ids, n_prompt))
             self.rows.append((sides, p.margin))
         order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
         n_val = int(len(pairs) * val_fraction)

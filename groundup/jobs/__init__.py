@@ -8,6 +8,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .align import DPOJob, GRPOJob, PPOJob, PreferencesJob, RewardJob
 from .files import ArithmeticJob, AugmentJob, CleanJob, ConvertJob, QuantizeJob, VLMTaskJob
 from .train import ClassifyJob, FinetuneJob, MergeJob, PretrainJob, QuickstartJob
 from .use import ChatJob, EmbedJob, EvalJob, FewShotJob, GenerateJob, ServeJob, TranscribeJob, ZeroShotJob
@@ -130,6 +131,30 @@ COMMANDS = {
     "data arithmetic": Command(ArithmeticJob, "groundup.apps.data:arithmetic_cli", """
   groundup data arithmetic --out_dir data/arithmetic --n_train 5000 --n_test 500
   groundup data arithmetic --ops "[+, -, '*']" --max_digits 2 --styles "[question]"   # quote * (YAML alias)
+"""),
+    "align reward": Command(RewardJob, "groundup.apps.align:align_reward", """
+  groundup data preferences --out_dir data/preferences           # pairs from human sentiment ratings
+  groundup align reward --data data/preferences/train.jsonl --eval_data data/preferences/test.jsonl
+  groundup align reward --model runs/sft/model --method full --data pairs.jsonl --out_dir runs/rm
+"""),
+    "align dpo": Command(DPOJob, "groundup.apps.align:align_dpo", """
+  groundup align dpo --data data/preferences/train.jsonl --eval_data data/preferences/test.jsonl --beta 0.1
+  groundup align dpo --loss ipo --lora.r 16 --data pairs.jsonl --out_dir runs/ipo
+  groundup generate --model smollm2-135m-instruct --adapter runs/dpo/adapter --prompt "The film" --raw_prompt
+"""),
+    "align ppo": Command(PPOJob, "groundup.apps.align:align_ppo", """
+  groundup align ppo --prompts data/preferences/prompts.jsonl --reward_model runs/reward/reward_model
+  groundup align ppo --prompts p.jsonl --reward_model runs/reward/reward_model --kl_target 3 --rl.max_new_tokens 24
+  groundup align ppo --prompts p.jsonl --reward_model runs/reward/reward_model --train.resume true   # continue
+"""),
+    "align grpo": Command(GRPOJob, "groundup.apps.align:align_grpo", """
+  groundup data arithmetic --out_dir data/arithmetic
+  groundup align grpo --data data/arithmetic/train.jsonl --eval_data data/arithmetic/test.jsonl
+  groundup align grpo --group_size 4 --train.batch_size 16 --rl.kl_coef 0.1 --data train.jsonl --out_dir runs/g
+"""),
+    "data preferences": Command(PreferencesJob, "groundup.apps.data:preferences_cli", """
+  groundup data preferences --out_dir data/preferences           # movie-review snippets rated by people
+  groundup data preferences --domain tweet --n_train 2000 --min_margin 2 --out_dir data/tweet-prefs
 """),
     "data vlm": Command(VLMTaskJob, "groundup.apps.data:vlm_cli", """
   groundup data vlm --out_dir data/vlm                          # train.json, test.json, images/

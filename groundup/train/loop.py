@@ -98,6 +98,7 @@ class _Trainer:
         cfg = self.cfg
         self.objective = get_objective(objective)
         self.takes_counts = "counts" in inspect.signature(self.objective).parameters
+        self.logged = tuple(getattr(self.objective, "logged", ()))  # metrics beyond the loss, for CSV and bar
         self.raw = model.to(self.device)
         self.optimizer = build_optimizer(self.raw, cfg)
         self.dtype = cfg.resolved_dtype(self._micro_step_work(model))
@@ -110,9 +111,11 @@ class _Trainer:
         self._start_or_resume()
         self.model = D.wrap(self.raw, self.env, self.device, cfg.find_unused_parameters)
         main = self.env.is_main
-        self.csv = MetricsCSV(self.out_dir / CSV_NAME, resume_step=self.step) if main else None
+        self.csv = MetricsCSV(self.out_dir / CSV_NAME, resume_step=self.step, extra=self.logged) if main else None
         self.row_start = self.csv.last_step if self.csv is not None else self.step  # the next row's mean starts here
-        self.progress = Progress(cfg.max_steps, self.step, enabled=main and cfg.progress, lines=main)
+        self.metric_sum, self.metric_steps = torch.zeros(len(self.logged), device=self.device), 0  # since last row
+        self.progress = Progress(cfg.max_steps, self.step, enabled=main and cfg.progress, lines=main,
+                                 extra=self.logged)
 
     def _micro_step_work(self, model: nn.Module) -> int | None:
         """rows x context x d_model^2 of one micro-step's linear layers (what decides bf16 autocast on AMX)."""
@@ -167,6 +170,8 @@ class _Trainer:
                 torch.cuda.set_rng_state(unpack_tensor(cuda[self.env.rank]), self.device)
         if self.scaler is not None and st.get("scaler"):
             self.scaler.load_state_dict(st["scaler"])
+        if st.get("data_state") is not None and hasattr(self.data, "load_state_dict"):
+            self.data.load_state_dict(st["data_state"])  # a batch source with state of its own (PPO's rollout)
         saved = st.get("train_config", {})
         keys = ("batch_size", "seed", "lr", "min_lr", "warmup_steps", "max_steps")
         changed = [k for k in keys if saved.get(k) != getattr(self.cfg, k)]
@@ -187,6 +192,7 @@ class _Trainer:
             "torch_rng": cpu_states,
             "cuda_rng": cuda_states if cuda_state is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "data_state": self.data.state_dict() if hasattr(self.data, "state_dict") else None,
             "world_size": self.env.world_size,
             "train_config": self.cfg.to_dict(),
         }
@@ -222,14 +228,17 @@ class _Trainer:
 
     def _loss_share(
         self, model: nn.Module, micro: dict[str, Tensor], counts: dict[str, Tensor] | None, n_micro: int
-    ) -> Tensor:
-        """This micro-batch's share of the global mean loss (exact with counts, equal-weight without)."""
+    ) -> tuple[Tensor, Tensor]:
+        """This micro-batch's share of the global mean loss (exact with counts, equal-weight without), and its
+        share of the logged metrics' means (the same convention)."""
         with self._autocast():
-            if counts is not None:
-                loss, _ = self.objective(model, micro, counts=counts)
-                return loss
-            loss, _ = self.objective(model, micro)
-        return loss / (n_micro * self.env.world_size)
+            loss, metrics = self.objective(model, micro, counts=counts) if counts is not None else \
+                self.objective(model, micro)
+        logged = torch.stack([metrics[k].detach().float() for k in self.logged]) if self.logged else \
+            self.metric_sum
+        if counts is not None:
+            return loss, logged
+        return loss / (n_micro * self.env.world_size), logged / (n_micro * self.env.world_size)
 
     def _train_step(self) -> int:
         """One optimizer step. Returns the number of tokens in the global batch."""
@@ -239,10 +248,13 @@ class _Trainer:
         for i, micro in enumerate(self._micro_batches(batch)):
             sync = i == cfg.grad_accum - 1 or not self.env.enabled
             with nullcontext() if sync else self.model.no_sync():
-                share = self._loss_share(self.model, micro, counts, cfg.grad_accum)
+                share, logged = self._loss_share(self.model, micro, counts, cfg.grad_accum)
                 scaled = share * self.env.world_size  # DDP averages gradients over ranks
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             total += share.detach()
+            if self.logged:
+                self.metric_sum += logged
+        self.metric_steps += 1
         self._optimizer_step()
         self.pending.append(total)
         return token_count(batch)
@@ -285,7 +297,7 @@ class _Trainer:
         for _ in range(self.cfg.eval_batches):
             batch, counts = self._draw("val", self.cfg.batch_size, gen)
             for micro in self._micro_batches(batch):
-                total += self._loss_share(self.raw, micro, counts, self.cfg.grad_accum).float()
+                total += self._loss_share(self.raw, micro, counts, self.cfg.grad_accum)[0].float()
         self.raw.train(was_training)
         return D.all_reduce_sum(total, self.env).item() / self.cfg.eval_batches
 
@@ -317,7 +329,11 @@ class _Trainer:
         self._flush_losses()
         since = self.losses[self.row_start:]
         row = {"step": s, "lr": lr_at(s - 1, self.cfg), "loss": sum(since) / len(since), "tokens_per_s": tokens_per_s}
-        self.row_start = s
+        if self.logged:
+            means = D.all_reduce_sum(self.metric_sum, self.env) / max(self.metric_steps, 1)
+            row.update(zip(self.logged, means.tolist(), strict=True))
+            self.metric_sum.zero_()
+        self.row_start, self.metric_steps = s, 0
         if do_eval:
             val = self.evaluate()
             self.val_losses.append((s, val))
