@@ -11,8 +11,8 @@ from torch import nn
 from ..generate import GenerationConfig, generate
 from ..peft.api import disable
 from ..tokenizer import Tokenizer
-from .grpo import _rows, token_logprobs
-from .logprobs import IGNORE_INDEX
+from .grpo import _rows
+from .logprobs import token_logprobs
 
 
 @torch.no_grad()
@@ -46,11 +46,11 @@ def sampled_scores(policy: nn.Module, tokenizer: Tokenizer, prompts: Sequence[st
         responses = [tokenizer.decode([t for t in c if t != tokenizer.eos_id]) for c in completions]
         scores.append(reward(texts, responses).float())
         batch = _rows(ids, completions)
-        logp = token_logprobs(policy(batch["input_ids"]), batch["labels"])
+        logp = token_logprobs(policy, batch["input_ids"], batch["labels"])
         if reference is not None:
-            ref = token_logprobs(reference(batch["input_ids"]), batch["labels"])
+            ref = token_logprobs(reference, batch["input_ids"], batch["labels"])
         else:
             with disable(policy):
-                ref = token_logprobs(policy(batch["input_ids"]), batch["labels"])
-        kls.append(((logp - ref) * (batch["labels"] != IGNORE_INDEX)).sum(-1))
+                ref = token_logprobs(policy, batch["input_ids"], batch["labels"])
+        kls.append((logp - ref).sum(-1))  # 0 outside the responses
     return {"score": float(torch.cat(scores).mean()), "kl": float(torch.cat(kls).mean())}

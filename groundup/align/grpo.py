@@ -21,7 +21,7 @@ from torch import nn
 from ..generate import GenerationConfig, generate
 from ..peft.api import disable
 from ..tokenizer import Tokenizer
-from .logprobs import IGNORE_INDEX
+from .logprobs import IGNORE_INDEX, token_logprobs
 from .rl import group_advantages, kl_per_token, masked_mean
 
 Reward = Callable[[str, str], float]  # (generated text, the prompt's reference answer) -> reward
@@ -34,12 +34,6 @@ class GRPOConfig:
     temperature: float = 1.0
     kl_coef: float = 0.04  # DeepSeekMath's beta
     clip: float = 0.2
-
-
-def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(B, T) log p(label) at every position (0 where the label is ignored)."""
-    logp = torch.log_softmax(logits.float(), -1).gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
-    return logp * (labels != IGNORE_INDEX)
 
 
 class GroupRollouts:
@@ -70,10 +64,10 @@ class GroupRollouts:
         batch = _rows([ids for ids, _ in prompts], completions)
         with torch.no_grad():
             if self.reference is not None:
-                ref = token_logprobs(self.reference(batch["input_ids"]), batch["labels"])
+                ref = token_logprobs(self.reference, batch["input_ids"], batch["labels"])
             else:
                 with disable(self.policy):
-                    ref = token_logprobs(self.policy(batch["input_ids"]), batch["labels"])
+                    ref = token_logprobs(self.policy, batch["input_ids"], batch["labels"])
         self.last_rewards = rewards
         return {**batch, "advantages": group_advantages(rewards, G), "ref_logprobs": ref, "rewards": rewards}
 
@@ -95,7 +89,7 @@ def grpo_objective(kl_coef: float = 0.04, clip: float = 0.2):
 
     def objective(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mask = (batch["labels"] != IGNORE_INDEX).float()
-        logp = token_logprobs(model(batch["input_ids"]), batch["labels"])
+        logp = token_logprobs(model, batch["input_ids"], batch["labels"])
         ratio = torch.exp(logp - logp.detach())  # 1 at the sample, its gradient the policy gradient
         adv = batch["advantages"][:, None]
         surrogate = -torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)

@@ -9,13 +9,27 @@ from torch import nn
 IGNORE_INDEX = -100
 
 
-def response_logprobs(logits: torch.Tensor, labels: torch.Tensor, average: bool = False) -> torch.Tensor:
-    """(B,) the sum (or, with average, the per-token mean) of log p(label) over the labelled positions.
-    logits (B, T, V), labels (B, T) already shifted (-100: not part of the response)."""
+def token_logprobs(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B, T) log p(label) at the labelled positions, 0 elsewhere; labels (B, T) already shifted (-100: no label).
+    A decoder's LM head runs on the labelled positions only: prompts and padding cost no vocabulary projection
+    and no (B, T, V) logits are held for the backward pass (a wrapped model's full logits are used as they come)."""
+    if hasattr(model, "hidden_states") and hasattr(model, "lm_head"):
+        return head_logprobs(model.lm_head, model.hidden_states(ids), labels)
+    return head_logprobs(nn.Identity(), model(ids), labels)
+
+
+def head_logprobs(head: nn.Module, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """token_logprobs from hidden states h (B, T, d) and the LM head, applied at the labelled positions only."""
     mask = labels != IGNORE_INDEX
-    logp = torch.gather(F.log_softmax(logits.float(), dim=-1), -1, labels.clamp(min=0)[..., None]).squeeze(-1)
-    total = (logp * mask).sum(-1)  # (B,)
-    return total / mask.sum(-1).clamp(min=1) if average else total
+    logp = -F.cross_entropy(head(h[mask]).float(), labels[mask], reduction="none")  # (N,): log-softmax + gather
+    return torch.zeros(labels.shape, dtype=logp.dtype, device=logp.device).masked_scatter(mask, logp)
+
+
+def response_logprobs(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, average: bool = False
+                      ) -> torch.Tensor:
+    """(B,) the sum (or, with average, the per-token mean) of log p(label) over the labelled positions."""
+    total = token_logprobs(model, ids, labels).sum(-1)
+    return total / (labels != IGNORE_INDEX).sum(-1).clamp(min=1) if average else total
 
 
 def _pad_to(x: torch.Tensor, width: int, value: int) -> torch.Tensor:
@@ -31,5 +45,5 @@ def pair_logprobs(model: nn.Module, batch: dict[str, torch.Tensor], average: boo
     ids = torch.cat([_pad_to(c_ids, width, 0), _pad_to(r_ids, width, 0)])  # (2B, T)
     labels = torch.cat([_pad_to(batch["chosen_labels"], width, IGNORE_INDEX),
                         _pad_to(batch["rejected_labels"], width, IGNORE_INDEX)])
-    logp = response_logprobs(model(ids), labels, average)
+    logp = response_logprobs(model, ids, labels, average)
     return logp[: len(c_ids)], logp[len(c_ids):]

@@ -25,8 +25,8 @@ from ..models.decoder import DecoderLM
 from ..peft.api import disable
 from ..tokenizer import Tokenizer
 from ..train.checkpoint import pack_tensor, unpack_tensor
-from .grpo import _rows, token_logprobs
-from .logprobs import IGNORE_INDEX
+from .grpo import _rows
+from .logprobs import IGNORE_INDEX, head_logprobs, token_logprobs
 from .rl import AdaptiveKL, gae, kl_per_token, masked_mean, whiten
 
 
@@ -64,9 +64,10 @@ class ActorCritic(nn.Module):
     def forward(self, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
         return self.policy(input_ids, **kwargs)
 
-    def logits_and_values(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def logprobs_and_values(self, input_ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T) log p(label) (0 where unlabelled) and (B, T) values, from one pass of the trunk."""
         h = self.policy.hidden_states(input_ids)  # (B, T, d)
-        return self.policy.lm_head(h), self.value_head(h).squeeze(-1).float()
+        return head_logprobs(self.policy.lm_head, h, labels), self.value_head(h).squeeze(-1).float()
 
 
 class PPORollouts:
@@ -117,13 +118,12 @@ class PPORollouts:
         model.train(was_training)
         batch = _rows(prompts, completions)
         mask = (batch["labels"] != IGNORE_INDEX).float()
-        logits, values = model.logits_and_values(batch["input_ids"])
-        logp = token_logprobs(logits, batch["labels"])
+        logp, values = model.logprobs_and_values(batch["input_ids"], batch["labels"])
         if self.reference is not None:
-            ref = token_logprobs(self.reference(batch["input_ids"]), batch["labels"])
+            ref = token_logprobs(self.reference, batch["input_ids"], batch["labels"])
         else:
             with disable(model.policy):
-                ref = token_logprobs(model.policy(batch["input_ids"]), batch["labels"])
+                ref = token_logprobs(model.policy, batch["input_ids"], batch["labels"])
         texts = [self.tok.decode([t for t in c if t != self.tok.eos_id]) for c in completions]
         score = self.reward([self.texts[i] for i in picked], texts).float()
         score = score + cfg.eos_penalty * torch.tensor([self.tok.eos_id not in c for c in completions])
@@ -146,8 +146,7 @@ def ppo_objective(clip: float = 0.2, clip_value: float = 0.2, vf_coef: float = 0
 
     def objective(model: ActorCritic, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mask = (batch["labels"] != IGNORE_INDEX).float()
-        logits, values = model.logits_and_values(batch["input_ids"])
-        logp = token_logprobs(logits, batch["labels"])
+        logp, values = model.logprobs_and_values(batch["input_ids"], batch["labels"])
         ratio = torch.exp(logp - batch["old_logprobs"])
         adv = batch["advantages"]
         pg = masked_mean(-torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv), mask)
