@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -c constraints.txt
 
-.PHONY: demo test bench bench-finetune bench-deploy bench-serve bench-vision bench-speech lint install clean
+.PHONY: demo test bench bench-finetune bench-deploy bench-serve bench-vision bench-speech bench-align lint install clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	# Debian data, needs root the first time: WordNet for `groundup data augment`, Fashion-MNIST and the Noto colour
@@ -80,6 +80,14 @@ bench-vision: install
 	$(PY) bench/vit_vs_cnn.py --threads 1
 	$(PY) bench/clip_zeroshot.py --threads 1
 	$(PY) bench/vlm.py
+	$(PY) bench/report.py
+
+bench-align: install
+	# reward model, PPO, DPO and GRPO on SmolLM2 (docs/alignment.md, ~60 min); a DPO step vs trl's DPOTrainer; a PPO
+	# iteration vs trl 0.26's PPOTrainer (trl 1.16 has none; ppo_vs_trl.py keeps 0.26 apart, in .venv/anchors)
+	$(PY) bench/alignment.py
+	$(PY) bench/dpo_vs_trl.py
+	$(PY) bench/ppo_vs_trl.py
 	$(PY) bench/report.py
 
 bench-serve: install

@@ -14,7 +14,7 @@
 
 Every stage is the library call its CLI command makes (groundup.apps.align), so the numbers are the commands'.
 
-    python bench/alignment.py [--quick] [--threads N]
+    python bench/alignment.py [--quick] [--threads N] [--from-results]   # the last: rewrite the page only
 """
 
 from __future__ import annotations
@@ -62,7 +62,15 @@ def timed(fn, job):
 
 
 def main() -> None:
-    args = common.parser(__doc__.splitlines()[0]).parse_args()
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--from-results", action="store_true", help="rewrite the table and page from the last results")
+    args = p.parse_args()
+    if args.from_results:
+        path = common.RESULTS / f"{common.result_name('alignment', args.tag)}.json"
+        payload = json.loads(path.read_text())
+        payload["tables"] = {"alignment": summary_table(payload["alignment"])}
+        path.write_text(json.dumps(payload, indent=2) + "\n")
+        return write_page(payload["alignment"], payload["curves"])
     common.setup(args.threads)
     q = args.quick
     root = Path(tempfile.mkdtemp(prefix="align-bench-"))
@@ -124,11 +132,25 @@ def main() -> None:
 
     curves = {k: read_metrics(root / k / "metrics.csv") for k in ("rm", "ppo", "dpo", "grpo-base", "grpo-sft")}
     name = common.result_name("alignment", args.tag)
-    common.write_results(name, {}, {"alignment": res, "curves": curves, "quick": q})
+    common.write_results(name, {"alignment": summary_table(res)}, {"alignment": res, "curves": curves, "quick": q})
     if not q:
         write_page(res, curves)
     print(json.dumps(res, indent=2, default=str))
     shutil.rmtree(root, ignore_errors=True)
+
+
+def summary_table(res: dict) -> dict:
+    p, d = res["ppo"], res["dpo"]
+    rows = [["reward model: held-out pair accuracy", f"{res['reward']['accuracy']:.1%}", "chance 50%"],
+            ["PPO: reward-model score of sampled responses", f"{p['ppo']['score']:.3f}",
+             f"instruct model {p['sft']['score']:.3f}; KL {p['ppo']['kl']:.2f} nats"],
+            ["DPO: implicit-reward accuracy, held-out pairs", f"{d['reward_accuracy']:.1%}", "chance 50%"],
+            ["DPO: reward-model score of sampled responses", f"{d['generations']['score']:.3f}",
+             f"KL {d['generations']['kl']:.2f} nats"],
+            ["GRPO from the instruct model: exact match", f"{res['grpo_base']['exact_match']:.1%}", "zero-shot 0.5%"],
+            ["LoRA SFT (rerun here): exact match", f"{res['sft']['exact_match']:.1%}", "finetune_methods.md 20.2%"],
+            ["GRPO after that SFT: exact match", f"{res['grpo_sft']['exact_match']:.1%}", ""]]
+    return common.show("Alignment on SmolLM2-135M-Instruct (docs/alignment.md)", ["measure", "value", "against"], rows)
 
 
 def examples(policy, tok, prompts: list[str]) -> list[str]:
