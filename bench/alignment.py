@@ -153,6 +153,32 @@ def summary_table(res: dict) -> dict:
     return common.show("Alignment on SmolLM2-135M-Instruct (docs/alignment.md)", ["measure", "value", "against"], rows)
 
 
+def verdicts(res: dict) -> list[str]:
+    """Plain sentences from the numbers (a 95% margin on a proportion of n: 1.96 sqrt(p (1 - p) / n))."""
+    n = res["n_arith_test"]
+    margin = lambda p: 1.96 * (p * (1 - p) / n) ** 0.5  # noqa: E731
+    p, d, base, sft, after = res["ppo"], res["dpo"], res["grpo_base"], res["sft"], res["grpo_sft"]
+    out = [f"- PPO {'raised' if p['ppo']['score'] > p['sft']['score'] else 'did not raise'} the reward model's score "
+           f"of held-out responses ({p['sft']['score']:.3f} -> {p['ppo']['score']:.3f}) at a KL of "
+           f"{p['ppo']['kl']:.2f} nats to the instruct model (the controller's target: 6)."]
+    better = "higher" if d["generations"]["score"] > p["ppo"]["score"] else "lower"
+    out.append(f"- DPO, which never sees the reward model, scores {better} than PPO by it "
+               f"({d['generations']['score']:.3f} vs {p['ppo']['score']:.3f}) at a KL of {d['generations']['kl']:.2f}; "
+               f"its implicit reward orders {d['reward_accuracy']:.1%} of the held-out pairs, the reward model "
+               f"{res['reward']['accuracy']:.1%}.")
+    if base["reward_last"] < 0.02:
+        out.append(f"- GRPO from the instruct model fails here: it answers {base['reward_first']:.1%} of its samples "
+                   "right, so almost every group of 8 scores all zero, its group-relative advantages are zero and "
+                   f"there is nothing to learn from (exact match {base['exact_match']:.1%}). Group-relative RL needs "
+                   "a policy that is sometimes right: supervised fine-tuning first.")
+    gap = after["exact_match"] - sft["exact_match"]
+    within = abs(gap) <= max(margin(after["exact_match"]), margin(sft["exact_match"]))
+    out.append(f"- GRPO after SFT: {sft['exact_match']:.1%} -> {after['exact_match']:.1%} exact match "
+               f"({'within' if within else 'beyond'} the test sampling margin of about "
+               f"±{100 * margin(sft['exact_match']):.0f} points on {n} questions).")
+    return out
+
+
 def examples(policy, tok, prompts: list[str]) -> list[str]:
     from groundup.generate import GenerationConfig, generate_text
 
@@ -238,6 +264,10 @@ def write_page(res: dict, curves: dict) -> None:
         f"Sample reward during GRPO: from the instruct model {res['grpo_base']['reward_first']:.3f} -> "
         f"{res['grpo_base']['reward_last']:.3f}; after SFT {res['grpo_sft']['reward_first']:.3f} -> "
         f"{res['grpo_sft']['reward_last']:.3f}.",
+        "",
+        "## What this shows, and where a method fails at this scale",
+        "",
+        *verdicts(res),
         "",
     ]
     (DOCS / "alignment.md").write_text("\n".join(lines))

@@ -18,7 +18,7 @@ class LoraOptions:
 
 
 def _train(**overrides) -> TrainConfig:
-    defaults = {"max_steps": 200, "batch_size": 8, "lr": 5e-4, "min_lr": 5e-5, "warmup_steps": 10, "eval_every": 0,
+    defaults = {"max_steps": 200, "batch_size": 8, "lr": 5e-4, "min_lr": 5e-5, "warmup_steps": 20, "eval_every": 0,
                 "ckpt_every": 50, "log_every": 5}
     return TrainConfig(**{**defaults, **overrides})
 
@@ -89,7 +89,7 @@ class PPOJob(AlignJob):
     lam: float = 0.95
     vf_coef: float = 0.1
     eos_penalty: float = -1.0  # added to the score of a response that never ended
-    train: TrainConfig = field(default_factory=lambda: _train(max_steps=160, batch_size=16, lr=1e-4, min_lr=1e-4,
+    train: TrainConfig = field(default_factory=lambda: _train(max_steps=160, batch_size=16, lr=2e-4, min_lr=2e-4,
                                                               warmup_steps=1, ckpt_every=16, log_every=4))
     out_dir: str = "runs/ppo"
 
@@ -106,7 +106,7 @@ class GRPOJob(AlignJob):
     group_size: int = 8  # samples per prompt (train.batch_size = prompts x group_size)
     rl: RLOptions = field(default_factory=lambda: RLOptions(max_new_tokens=8, kl_coef=0.04))
     separator: str = DEFAULT_SEPARATOR  # between prompt and completion, as in `groundup finetune`
-    train: TrainConfig = field(default_factory=lambda: _train(batch_size=32, lr=5e-4, warmup_steps=5))
+    train: TrainConfig = field(default_factory=lambda: _train(max_steps=100, batch_size=32, lr=5e-4, warmup_steps=10))
     out_dir: str = "runs/grpo"
 
 
