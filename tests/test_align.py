@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from serve_helpers import chat_tokenizer, tiny_decoder
+from serve_helpers import chat_tokenizer, tiny_decoder, tiny_encoder
 
 from groundup import peft as P
 from groundup.align import (
@@ -22,6 +22,7 @@ from groundup.align import (
     precompute_reference,
     reward_objective,
 )
+from groundup.align.reward import last_positions
 from groundup.data.preference import Preference, PreferenceData, PreferenceFormatError, load_preferences
 from groundup.train import TrainConfig, train
 
@@ -115,10 +116,15 @@ def test_dpo_training_raises_the_implicit_reward_accuracy(tmp_path, precomputed)
     assert float(after["reward_accuracy"]) == 1.0 and float(after["reward_margin"]) > 0.5
 
 
-def test_a_reward_model_separates_separable_pairs(tmp_path):
-    tok = chat_tokenizer()
-    torch.manual_seed(0)
-    model = RewardModel(tiny_decoder(tok.vocab_size))
+@pytest.mark.parametrize("trunk", ["decoder", "encoder"])
+def test_a_reward_model_separates_separable_pairs(tmp_path, trunk):
+    if trunk == "decoder":
+        tok = chat_tokenizer()
+        torch.manual_seed(0)
+        model = RewardModel(tiny_decoder(tok.vocab_size))
+    else:  # BERT-style: read both ways, the padding masked, [SEP] ends a response
+        encoder, tok = tiny_encoder()
+        model = RewardModel(encoder)
     data = PreferenceData(pairs(), tok, 64)
     every = data.batch(list(range(len(data.rows))))
     objective = reward_objective()
@@ -126,6 +132,9 @@ def test_a_reward_model_separates_separable_pairs(tmp_path):
                                               warmup_steps=1, eval_every=0, ckpt_every=0, progress=False))
     with torch.no_grad():
         _, metrics = objective(model, every)
+        last = last_positions(every["chosen_labels"])
+        padded = torch.nn.functional.pad(every["chosen_ids"], (0, 7), value=data.pad_id)
+        torch.testing.assert_close(model(padded, last), model(every["chosen_ids"], last))  # padding is never read
     assert float(metrics["accuracy"]) == 1.0
 
 

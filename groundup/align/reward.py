@@ -3,7 +3,8 @@ trained on preference pairs with the Bradley-Terry loss
 
     -log sigmoid(r(chosen) - r(rejected) - margin)    (+ centring: coef * (r_c + r_r)^2, keeping rewards near 0)
 
-Any groundup decoder is the trunk (its final-norm hidden states; LoRA on it or not). Saved as a folder:
+Any groundup decoder or encoder is the trunk (its final hidden states; LoRA on it or not; an encoder reads both ways,
+so its padding is masked). Saved as a folder:
 
     reward_model/   the trunk as a groundup checkpoint (adapters folded in) + tokenizer,
                     reward_head.safetensors, reward_model.json {"prompted": whether the pairs had prompts}
@@ -21,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..data.preference import response_row
+from ..models.encoder import Encoder
 from ..tokenizer import Tokenizer
 from .logprobs import IGNORE_INDEX
 
@@ -30,8 +32,9 @@ HEAD_FILE, INFO_FILE = "reward_head.safetensors", "reward_model.json"
 class RewardModel(nn.Module):
     def __init__(self, trunk: nn.Module) -> None:
         super().__init__()
-        if not hasattr(trunk, "hidden_states"):
-            raise ValueError(f"a reward model's trunk is a decoder (with hidden_states); got {type(trunk).__name__}")
+        body = trunk if isinstance(trunk, Encoder) else getattr(trunk, "encoder", None)
+        if not hasattr(trunk, "hidden_states") and not isinstance(body, Encoder):
+            raise ValueError(f"a reward model's trunk is a decoder or an encoder; got {type(trunk).__name__}")
         self.trunk = trunk
         self.config = trunk.config
         self.head = nn.Linear(trunk.config.d_model, 1)
@@ -40,7 +43,12 @@ class RewardModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
         """(B,) rewards read at position last (B,) of each row (its last real token; right padding)."""
-        h = self.trunk.hidden_states(input_ids)  # (B, T, d)
+        if hasattr(self.trunk, "hidden_states"):
+            h = self.trunk.hidden_states(input_ids)  # (B, T, d)
+        else:
+            real = torch.arange(input_ids.shape[1], device=input_ids.device) <= last[:, None]  # (B, T)
+            body = self.trunk if isinstance(self.trunk, Encoder) else self.trunk.encoder
+            h = body(input_ids, None, real.long())
         return self.head(h[torch.arange(len(h), device=h.device), last]).squeeze(-1).float()
 
 

@@ -36,7 +36,7 @@ from ..align import (
 from ..align.evaluate import pair_metrics
 from ..align.reward import RewardScorer, load_reward_model, save_reward_model
 from ..data.arithmetic import exact_match
-from ..data.preference import PreferenceData, PreferenceFormatError, load_preferences, load_prompts
+from ..data.preference import PreferenceData, PreferenceFormatError, end_id, load_preferences, load_prompts
 from ..data.prompt_format import PromptFormat
 from ..finetune import (
     PeftOptions,
@@ -74,10 +74,10 @@ def _record(job: AlignJob, command: str, cfg: TrainConfig) -> dict | None:
 
 def _load(job: AlignJob, command: str) -> tuple[nn.Module, Tokenizer]:
     model, tok = load_pretrained(job.model)
-    require_arch(model, f"align {command}")
-    if tok is None or tok.eos_id is None:
-        raise ValueError(f"model {job.model!r} has no tokenizer with an eos token; alignment needs one to end "
-                         "responses (save the tokenizer with the checkpoint)")
+    require_arch(model, f"align {command}", ("decoder", "encoder") if command == "reward" else ("decoder",))
+    if tok is None or end_id(tok) is None:
+        raise ValueError(f"model {job.model!r} has no tokenizer with an eos (or [SEP]) token; alignment needs one to "
+                         "end responses (save the tokenizer with the checkpoint)")
     return model, tok
 
 

@@ -79,11 +79,16 @@ def load_prompts(path: str | os.PathLike) -> list[tuple[int, str]]:
     return out
 
 
+def end_id(tokenizer: Tokenizer) -> int | None:
+    """The token that ends a response: eos, or an encoder tokenizer's [SEP]."""
+    return tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.sep_id
+
+
 def response_row(tokenizer: Tokenizer, prompt: str, response: str) -> tuple[list[int], int]:
-    """(prompt + response + eos ids, prompt length): an empty prompt is the bos token (or eos, where none)."""
-    ids = tokenizer.encode(prompt) if prompt else [tokenizer.bos_id if tokenizer.bos_id is not None
-                                                   else tokenizer.eos_id]
-    return ids + tokenizer.encode(response) + [tokenizer.eos_id], len(ids)
+    """(prompt + response + end ids, prompt length): an empty prompt is the first of bos, [CLS], eos."""
+    lead = next(i for i in (tokenizer.bos_id, tokenizer.cls_id, end_id(tokenizer)) if i is not None)
+    ids = tokenizer.encode(prompt) if prompt else [lead]
+    return ids + tokenizer.encode(response) + [end_id(tokenizer)], len(ids)
 
 
 class PreferenceData:
@@ -94,9 +99,9 @@ class PreferenceData:
                  seed: int = 0) -> None:
         if not pairs:
             raise PreferenceFormatError("no preference pairs to train on")
-        if tokenizer.eos_id is None:
+        if end_id(tokenizer) is None:
             raise ValueError("PreferenceData: the tokenizer has no eos token to end the responses")
-        self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+        self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else end_id(tokenizer)
         self.rows = []
         for p in pairs:
             sides = []
