@@ -232,13 +232,10 @@ class _Trainer:
         """This micro-batch's share of the global mean loss (exact with counts, equal-weight without), and its
         share of the logged metrics' means (the same convention)."""
         with self._autocast():
-            loss, metrics = self.objective(model, micro, counts=counts) if counts is not None else \
-                self.objective(model, micro)
-        logged = torch.stack([metrics[k].detach().float() for k in self.logged]) if self.logged else \
-            self.metric_sum
-        if counts is not None:
-            return loss, logged
-        return loss / (n_micro * self.env.world_size), logged / (n_micro * self.env.world_size)
+            loss, metrics = self.objective(model, micro, **({} if counts is None else {"counts": counts}))
+        logged = torch.stack([metrics[k].detach().float() for k in self.logged]) if self.logged else self.metric_sum
+        scale = 1 if counts is not None else n_micro * self.env.world_size
+        return loss / scale, logged / scale
 
     def _train_step(self) -> int:
         """One optimizer step. Returns the number of tokens in the global batch."""
@@ -252,8 +249,7 @@ class _Trainer:
                 scaled = share * self.env.world_size  # DDP averages gradients over ranks
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             total += share.detach()
-            if self.logged:
-                self.metric_sum += logged
+            self.metric_sum += logged
         self.metric_steps += 1
         self._optimizer_step()
         self.pending.append(total)
