@@ -96,8 +96,8 @@ def _need(value: str, flag: str, what: str) -> None:
 def _pairs(path: str, flag: str, tok: Tokenizer, model: nn.Module, seed: int) -> PreferenceData:
     try:
         return PreferenceData(load_preferences(path), tok, model.config.block_size, 0.0, seed)
-    except PreferenceFormatError as e:  # it names the line; say which file
-        raise PreferenceFormatError(f"--{flag}={path}: {e}") from None
+    except (PreferenceFormatError, FileNotFoundError) as e:  # it names the line; say which flag and file
+        raise type(e)(f"--{flag}={path}: {e}") from None
 
 
 def _check_prompts(prompts: list[tuple[int, str]], tok: Tokenizer, model: nn.Module, max_new_tokens: int,
