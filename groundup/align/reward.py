@@ -80,11 +80,12 @@ def reward_objective(center: float = 0.0, use_margin: bool = True):
 
 def save_reward_model(model: RewardModel, tokenizer: Tokenizer, folder: str | Path, prompted: bool) -> Path:
     """Write the reward model (LoRA folded into the trunk first); `prompted`: its pairs had non-empty prompts."""
-    from ..finetune import merge_for_inference
+    from ..peft import merge_and_unload
     from ..train.checkpoint import save_checkpoint
 
     folder = Path(folder)
-    save_checkpoint(folder, merge_for_inference(model.trunk), tokenizer=tokenizer)
+    trunk = merge_and_unload(model.trunk) if hasattr(model.trunk, "peft_state") else model.trunk
+    save_checkpoint(folder, trunk, tokenizer=tokenizer)
     save_file({k: v.detach().contiguous() for k, v in model.head.state_dict().items()}, folder / HEAD_FILE)
     (folder / INFO_FILE).write_text(json.dumps({"prompted": prompted}))
     return folder
