@@ -325,3 +325,16 @@ def test_a_saved_reward_model_scores_as_it_did_and_joins_unprompted_text(tmp_pat
     ids = [tok.bos_id if tok.bos_id is not None else tok.eos_id] + tok.encode("good day")
     direct = loaded(torch.tensor([ids]), torch.tensor([len(ids) - 1]))
     torch.testing.assert_close(scorer(["good "], ["day"]), direct, rtol=1e-5, atol=1e-5)
+
+
+def test_token_logprobs_read_the_head_at_labelled_positions_only_and_agree_with_full_logits():
+    from groundup.align.logprobs import token_logprobs
+
+    tok = chat_tokenizer()
+    batch = PreferenceData(pairs(4), tok, 64).batch([0, 1, 2, 3])
+    ids, labels = batch["chosen_ids"], batch["chosen_labels"]
+    for model in (lora_policy(tok), P.inject(tiny_decoder(tok.vocab_size), P.PromptTuningConfig(4))):  # a wrapper
+        with torch.no_grad():
+            full = torch.log_softmax(model(ids).float(), -1).gather(-1, labels.clamp(min=0)[..., None])  # (B, T, 1)
+            expected = full.squeeze(-1) * (labels != -100)
+            torch.testing.assert_close(token_logprobs(model, ids, labels), expected, rtol=1e-5, atol=1e-5)
