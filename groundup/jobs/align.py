@@ -54,8 +54,8 @@ class RewardJob(AlignJob):
 
 @dataclass
 class DPOJob(AlignJob):
-    """Align a model to preference pairs with DPO (or IPO): no reward model, no sampling; the implicit-reward
-    accuracy and margin are logged, and measured on --eval_data pairs. Writes out_dir/adapter/ (or model/)."""
+    """Align a model to preference pairs with DPO (or IPO): no reward model, no sampling; the accuracy and margin
+    of its implicit reward are logged, and measured on --eval_data pairs. Writes out_dir/adapter/ (or model/)."""
 
     data: str = ""  # preference JSONL
     eval_data: str = ""  # held-out preference JSONL: implicit-reward accuracy on it
