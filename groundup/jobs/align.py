@@ -112,9 +112,9 @@ class GRPOJob(AlignJob):
 
 @dataclass
 class PreferencesJob:
-    """Write preference pairs from human sentiment ratings (VADER's rated movie-review, tweet, product-review and
-    editorial snippets, -4..+4): the higher-rated snippet preferred, margin = the rating gap; train and test pairs
-    from disjoint snippets, and PPO prompts (the openings of training snippets)."""
+    """Write preference pairs from human sentiment ratings (VADER's snippets of movie reviews, tweets, product
+    reviews and editorials, rated -4..+4 by people): the higher rated preferred, margin = the rating gap; train and
+    test pairs from disjoint snippets, and PPO prompts (the openings of training snippets)."""
 
     out_dir: str = "data/preferences"  # train.jsonl, test.jsonl, prompts.jsonl
     domain: Literal["movie", "tweet", "product", "editorial"] = "movie"
