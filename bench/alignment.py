@@ -70,7 +70,7 @@ def main() -> None:
         payload = json.loads(path.read_text())
         payload["tables"] = {"alignment": summary_table(payload["alignment"])}
         path.write_text(json.dumps(payload, indent=2) + "\n")
-        return write_page(payload["alignment"], payload["curves"])
+        return write_page(payload["alignment"], payload["curves"], payload["machine"])
     common.setup(args.threads)
     q = args.quick
     root = Path(tempfile.mkdtemp(prefix="align-bench-"))
@@ -134,7 +134,7 @@ def main() -> None:
     name = common.result_name("alignment", args.tag)
     common.write_results(name, {"alignment": summary_table(res)}, {"alignment": res, "curves": curves, "quick": q})
     if not q:
-        write_page(res, curves)
+        write_page(res, curves, common.machine_info())
     print(json.dumps(res, indent=2, default=str))
     shutil.rmtree(root, ignore_errors=True)
 
@@ -186,7 +186,7 @@ def examples(policy, tok, prompts: list[str]) -> list[str]:
     return [p + o for p, o in zip(prompts, outs, strict=True)]
 
 
-def write_page(res: dict, curves: dict) -> None:
+def write_page(res: dict, curves: dict, machine: dict) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -215,10 +215,12 @@ def write_page(res: dict, curves: dict) -> None:
     lines = [
         "# Alignment on SmolLM2-135M-Instruct",
         "",
-        f"`python bench/alignment.py` ({res['command']}); every stage is the library call of its `groundup align` "
-        "command. Preference data: `groundup data preferences` (VADER's movie-review snippets rated by people, "
-        "pairs with a rating gap of at least 1, train and test pairs from disjoint snippets). LoRA r=8 on q,v "
-        "everywhere; the reference is the model with its adapters disabled.",
+        f"`{res['command']}` on {machine['date']}, {machine['cpu']} ({machine['cores']} cores, no GPU); every "
+        "stage is the library call of its `groundup align` command (the minutes below are wall time on those 2 "
+        "cores, which other work shared for part of the run). Preference data: `groundup data preferences` "
+        "(VADER's movie-review snippets rated by people, pairs with a rating gap of at least 1, train and test "
+        "pairs from disjoint snippets). LoRA r=8 on q,v everywhere; the reference is the model with its adapters "
+        "disabled.",
         "",
         "![curves](alignment.png)",
         "",
