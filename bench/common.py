@@ -17,6 +17,7 @@ import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +38,27 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads (default: all cores)")
     p.add_argument("--tag", default="", help="keep this run beside the default one: results/<name>-<tag>.json")
     return p
+
+
+def measure_parser(description: str) -> argparse.ArgumentParser:
+    """parser() plus --measure NAME: a benchmark that runs each configuration in a fresh process of itself."""
+    p = parser(description)
+    p.add_argument("--measure", default="", help="(internal) measure one configuration in this process")
+    return p
+
+
+def report_measure(payload: dict[str, Any]) -> None:
+    """What a --measure process hands back to its parent (one line of its stdout)."""
+    print("MEASURE " + json.dumps(payload), flush=True)
+
+
+def run_measure(cmd: list[str]) -> dict[str, Any]:
+    """Run a --measure child and return its payload; a child that failed stops the benchmark with its output."""
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("MEASURE ")), None)
+    if line is None:
+        raise SystemExit(f"{shlex.join(cmd)} failed:\n{(done.stdout + done.stderr)[-3000:]}")
+    return json.loads(line[len("MEASURE "):])
 
 
 def result_name(name: str, tag: str = "") -> str:

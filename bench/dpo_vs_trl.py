@@ -14,9 +14,7 @@ steps (reset after loading). Two rounds, configurations alternating; the median 
 
 from __future__ import annotations
 
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -124,14 +122,12 @@ def measure(name: str, args) -> None:
             window = run_groundup(records, steps, out, clock)
         else:
             window = run_trl(records, steps, out, clock, CONFIGS[name])
-    print("MEASURE " + json.dumps({"steps_s": clock.steps(), "load_mb": load_mb,
-                                   "steps_peak_mb": window_peak_mb() if window else None}), flush=True)
+    common.report_measure({"steps_s": clock.steps(), "load_mb": load_mb,
+                           "steps_peak_mb": window_peak_mb() if window else None})
 
 
 def main() -> None:
-    p = common.parser(__doc__.splitlines()[0])
-    p.add_argument("--measure", default="")
-    args = p.parse_args()
+    args = common.measure_parser(__doc__.splitlines()[0]).parse_args()
     if args.measure:
         return measure(args.measure, args)
     common.setup(args.threads)
@@ -146,9 +142,7 @@ def main() -> None:
     for _ in range(1 if args.quick else 2):
         for name in CONFIGS:
             cmd = [sys.executable, __file__, "--measure", name, "--threads", str(args.threads)]
-            text = subprocess.run(cmd + (["--quick"] if args.quick else []), capture_output=True, text=True,
-                                  check=True).stdout
-            runs[name].append(json.loads(next(x for x in text.splitlines() if x.startswith("MEASURE "))[8:]))
+            runs[name].append(common.run_measure(cmd + (["--quick"] if args.quick else [])))
             print(name, runs[name][-1], flush=True)
     rows, ours = [], None
     for name, got in runs.items():

@@ -18,7 +18,6 @@ is warm-up, the median of the other two counts.
 
 from __future__ import annotations
 
-import json
 import statistics
 import subprocess
 import sys
@@ -144,14 +143,12 @@ def measure(side: str, args) -> None:
     iterations = 2 if args.quick else 3
     window = (run_groundup if side == "groundup" else run_trl)(iterations, timer)
     spans = [b - a for a, b in zip(timer.marks, timer.marks[1:], strict=False)][:iterations]
-    print("MEASURE " + json.dumps({"iteration_s": spans, "generate_s": timer.generating[:iterations],
-                                   "steps_peak_mb": window_peak_mb() if window else None}), flush=True)
+    common.report_measure({"iteration_s": spans, "generate_s": timer.generating[:iterations],
+                           "steps_peak_mb": window_peak_mb() if window else None})
 
 
 def main() -> None:
-    p = common.parser(__doc__.splitlines()[0])
-    p.add_argument("--measure", default="")
-    args = p.parse_args()
+    args = common.measure_parser(__doc__.splitlines()[0]).parse_args()
     if args.measure:
         return measure(args.measure, args)
     if not ANCHOR.is_dir():
@@ -160,11 +157,7 @@ def main() -> None:
     runs = {}
     for side in ("groundup", "trl 0.26 PPOTrainer"):
         cmd = [sys.executable, __file__, "--measure", side.split()[0], "--threads", str(args.threads)]
-        text = subprocess.run(cmd + (["--quick"] if args.quick else []), capture_output=True, text=True).stdout
-        line = next((x for x in text.splitlines() if x.startswith("MEASURE ")), None)
-        if line is None:
-            raise SystemExit(f"{side} failed:\n{text[-3000:]}")
-        runs[side] = json.loads(line[8:])
+        runs[side] = common.run_measure(cmd + (["--quick"] if args.quick else []))
         print(side, runs[side], flush=True)
     rows = []
     ours = None
