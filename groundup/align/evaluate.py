@@ -9,10 +9,9 @@ import torch
 from torch import nn
 
 from ..generate import GenerationConfig, generate
-from ..peft.api import disable
 from ..tokenizer import Tokenizer
 from .grpo import _rows
-from .logprobs import token_logprobs
+from .logprobs import reference_logprobs, token_logprobs
 
 
 @torch.no_grad()
@@ -47,10 +46,6 @@ def sampled_scores(policy: nn.Module, tokenizer: Tokenizer, prompts: Sequence[st
         scores.append(reward(texts, responses).float())
         batch = _rows(ids, completions)
         logp = token_logprobs(policy, batch["input_ids"], batch["labels"])
-        if reference is not None:
-            ref = token_logprobs(reference, batch["input_ids"], batch["labels"])
-        else:
-            with disable(policy):
-                ref = token_logprobs(policy, batch["input_ids"], batch["labels"])
+        ref = reference_logprobs(policy, reference, batch["input_ids"], batch["labels"])
         kls.append((logp - ref).sum(-1))  # 0 outside the responses
     return {"score": float(torch.cat(scores).mean()), "kl": float(torch.cat(kls).mean())}

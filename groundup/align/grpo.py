@@ -19,9 +19,8 @@ import torch
 from torch import nn
 
 from ..generate import GenerationConfig, generate
-from ..peft.api import disable
 from ..tokenizer import Tokenizer
-from .logprobs import IGNORE_INDEX, token_logprobs
+from .logprobs import IGNORE_INDEX, reference_logprobs, token_logprobs
 from .rl import group_advantages, kl_per_token, masked_mean
 
 Reward = Callable[[str, str], float]  # (generated text, the prompt's reference answer) -> reward
@@ -45,7 +44,6 @@ class GroupRollouts:
             raise ValueError("GroupRollouts: no prompts to sample from")
         self.policy, self.tok, self.reward, self.cfg, self.reference = policy, tokenizer, reward, cfg, reference
         self.prompts = [(tokenizer.encode(p), answer) for p, answer in prompts]
-        self.last_rewards: torch.Tensor | None = None
 
     def get_batch(self, split: str, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         G = self.cfg.group_size
@@ -62,13 +60,7 @@ class GroupRollouts:
         rewards = torch.tensor([self.reward(self.tok.decode([t for t in c if t != self.tok.eos_id]), answer)
                                 for c, (_, answer) in zip(completions, prompts, strict=True)], dtype=torch.float32)
         batch = _rows([ids for ids, _ in prompts], completions)
-        with torch.no_grad():
-            if self.reference is not None:
-                ref = token_logprobs(self.reference, batch["input_ids"], batch["labels"])
-            else:
-                with disable(self.policy):
-                    ref = token_logprobs(self.policy, batch["input_ids"], batch["labels"])
-        self.last_rewards = rewards
+        ref = reference_logprobs(self.policy, self.reference, batch["input_ids"], batch["labels"])
         return {**batch, "advantages": group_advantages(rewards, G), "ref_logprobs": ref, "rewards": rewards}
 
 

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..peft.api import disable
+
 IGNORE_INDEX = -100
 
 
@@ -16,6 +18,16 @@ def token_logprobs(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor) ->
     if hasattr(model, "hidden_states") and hasattr(model, "lm_head"):
         return head_logprobs(model.lm_head, model.hidden_states(ids), labels)
     return head_logprobs(nn.Identity(), model(ids), labels)
+
+
+@torch.no_grad()
+def reference_logprobs(policy: nn.Module, reference: nn.Module | None, ids: torch.Tensor, labels: torch.Tensor
+                       ) -> torch.Tensor:
+    """token_logprobs of the reference: a frozen `reference` model, or (None) the policy with its adapters off."""
+    if reference is not None:
+        return token_logprobs(reference, ids, labels)
+    with disable(policy):
+        return token_logprobs(policy, ids, labels)
 
 
 def head_logprobs(head: nn.Module, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -22,11 +22,10 @@ from torch import nn
 
 from ..generate import GenerationConfig, generate
 from ..models.decoder import DecoderLM
-from ..peft.api import disable
 from ..tokenizer import Tokenizer
 from ..train.checkpoint import pack_tensor, unpack_tensor
 from .grpo import _rows
-from .logprobs import IGNORE_INDEX, head_logprobs, token_logprobs
+from .logprobs import IGNORE_INDEX, head_logprobs, reference_logprobs
 from .rl import AdaptiveKL, gae, kl_per_token, masked_mean, whiten
 
 
@@ -119,11 +118,7 @@ class PPORollouts:
         batch = _rows(prompts, completions)
         mask = (batch["labels"] != IGNORE_INDEX).float()
         logp, values = model.logprobs_and_values(batch["input_ids"], batch["labels"])
-        if self.reference is not None:
-            ref = token_logprobs(self.reference, batch["input_ids"], batch["labels"])
-        else:
-            with disable(model.policy):
-                ref = token_logprobs(model.policy, batch["input_ids"], batch["labels"])
+        ref = reference_logprobs(model.policy, self.reference, batch["input_ids"], batch["labels"])
         texts = [self.tok.decode([t for t in c if t != self.tok.eos_id]) for c in completions]
         score = self.reward([self.texts[i] for i in picked], texts).float()
         score = score + cfg.eos_penalty * torch.tensor([self.tok.eos_id not in c for c in completions])
