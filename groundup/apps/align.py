@@ -134,8 +134,7 @@ def align_reward(job: RewardJob) -> dict:
     if held_out is not None:
         out["accuracy"] = pair_metrics(objective, model, held_out)["accuracy"]
         _say(f"accuracy on {job.eval_data}: {out['accuracy']:.3f} ({len(held_out.rows)} pairs)")
-    prompted = any(p.prompt for p in load_preferences(job.data))
-    out["reward_model"] = save_reward_model(model, tok, Path(job.out_dir) / "reward_model", prompted)
+    out["reward_model"] = save_reward_model(model, tok, Path(job.out_dir) / "reward_model", data.prompted)
     _say(f"wrote {out['reward_model']}; metrics {result.metrics_csv}, plots {result.loss_png}")
     return out
 

@@ -102,6 +102,7 @@ class PreferenceData:
         if end_id(tokenizer) is None:
             raise ValueError("PreferenceData: the tokenizer has no eos token to end the responses")
         self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else end_id(tokenizer)
+        self.prompted = any(p.prompt for p in pairs)  # False: every pair compares two whole texts
         self.rows = []
         for p in pairs:
             sides = []
