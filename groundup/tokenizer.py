@@ -173,11 +173,17 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     roles = file.parent / ROLES_FILE
     declared = json.loads(roles.read_text(encoding="utf-8")) if roles.is_file() else {}
     for role in SAVED_ROLES:
-        name = declared.get(f"{role}_token")
-        found = tok.token_to_id(name.get("content") if isinstance(name, dict) else name) if name else None
+        found = declared_id(tok, declared.get(f"{role}_token"))
         if found is not None:
             tok.set_role(role, found)  # the saved word wins over the guess by token name
     return tok
+
+
+def declared_id(tok: Tokenizer, value: object) -> int | None:
+    """The id of a token as tokenizer_config.json names it (a string, or {"content": ...}); None if unknown."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return tok.token_to_id(value) if isinstance(value, str) else None
 
 
 # --- constructors ----------------------------------------------------------------------------

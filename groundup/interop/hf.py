@@ -29,7 +29,7 @@ from ..models.clip import CLIP
 from ..models.decoder import DecoderLM
 from ..models.encoder import Encoder, EncoderForPreTraining
 from ..models.vit import ViT
-from ..tokenizer import Tokenizer, load_tokenizer, wordpiece_from_vocab
+from ..tokenizer import SAVED_ROLES, Tokenizer, declared_id, load_tokenizer, wordpiece_from_vocab
 from .hf_clip import clip_from_hf, write_clip_hf
 from .hf_config import config_from_hf, config_to_hf, hf_family
 from .hf_keys import (
@@ -174,17 +174,11 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> N
     model.load_state_dict(state, strict=True)
 
 
-def _token_id(tok: Tokenizer, value: Any) -> int | None:
-    if isinstance(value, dict):
-        value = value.get("content")
-    return tok.token_to_id(value) if isinstance(value, str) else None
-
-
 def _special_ids(path: Path, hf: dict[str, Any], tok: Tokenizer) -> None:
     """bos/eos as the checkpoint declares them: tokenizer_config.json's tokens, else config.json's ids."""
     tok_cfg = json.loads((path / TOKENIZER_CONFIG).read_text()) if (path / TOKENIZER_CONFIG).is_file() else {}
-    for role in ("bos", "eos", "pad", "unk"):
-        found = _token_id(tok, tok_cfg.get(f"{role}_token"))
+    for role in SAVED_ROLES:
+        found = declared_id(tok, tok_cfg.get(f"{role}_token"))
         if found is None:
             ids = hf.get(f"{role}_token_id")
             found = ids[0] if isinstance(ids, list) and ids else ids
