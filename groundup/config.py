@@ -17,6 +17,7 @@ Pos = Literal["learned", "sinusoidal", "rope", "alibi"]
 Norm = Literal["layernorm", "rmsnorm"]
 MLPKind = Literal["gelu", "gelu_tanh", "relu", "swiglu", "geglu", "quick_gelu"]
 Backend = Literal["sdpa", "naive"]
+Mixer = Literal["attention", "retention", "hyena"]
 
 
 class ConfigError(ValueError):
@@ -74,9 +75,16 @@ class ModelConfig:
     # LayerScale (Touvron et al. 2021, CaiT; DINOv2): a learned per-channel scale on each residual branch, started
     # at this value; None = no scale.
     layer_scale: float | None = None
+    # The token mixer of every block (decoder only): attention, multi-scale retention (nn/retention.py, RetNet) or the
+    # Hyena operator (nn/hyena.py). Norms, MLP / MoE, PEFT targets and checkpoints are the same for all three.
+    mixer: Mixer = "attention"
+    retention_chunk: int = 256  # retention runs chunkwise on sequences longer than this, in parallel on shorter ones
+    hyena_order: int = 2  # Hyena: long convolutions, each followed by a data-controlled gate
+    hyena_filter_dim: int = 64  # Hyena: width of the MLP that generates the implicit long filters
 
     def __post_init__(self) -> None:
-        for name, kind in (("arch", Arch), ("pos", Pos), ("norm", Norm), ("mlp", MLPKind), ("attn_backend", Backend)):
+        for name, kind in (("arch", Arch), ("pos", Pos), ("norm", Norm), ("mlp", MLPKind), ("attn_backend", Backend),
+                           ("mixer", Mixer)):
             allowed = get_args(kind)
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"ModelConfig.{name}={getattr(self, name)!r} is unknown; use one of {list(allowed)}")
@@ -109,6 +117,7 @@ class ModelConfig:
         if self.rope_scaling is not None:
             _check_rope_scaling(self.rope_scaling)
         _check_moe(self)
+        _check_mixer(self)
 
     @property
     def gated(self) -> bool:
@@ -175,6 +184,24 @@ def _check_moe(cfg: ModelConfig) -> None:
         raise ConfigError(
             f"ModelConfig.n_expert_per_token={k!r} must be an integer in [1, n_expert={cfg.n_expert}]"
         )
+
+
+def _check_mixer(cfg: ModelConfig) -> None:
+    for name in ("retention_chunk", "hyena_order", "hyena_filter_dim"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"ModelConfig.{name}={value!r} must be a positive integer")
+    if cfg.mixer == "attention":
+        return
+    if cfg.arch != "decoder":
+        raise ConfigError(f"ModelConfig.mixer={cfg.mixer!r} is built for decoders (arch='decoder', got {cfg.arch!r}); "
+                          "set mixer='attention'")
+    if cfg.mixer == "retention" and cfg.pos != "rope":
+        raise ConfigError(f"ModelConfig.mixer='retention' rotates queries and keys by position (xPos-style, RoPE's "
+                          f"tables) and adds no position embedding; set pos='rope' (got {cfg.pos!r})")
+    if cfg.mixer == "hyena" and cfg.pos == "alibi":
+        raise ConfigError("ModelConfig.pos='alibi' biases attention scores, which Hyena has none of; use pos='rope' "
+                          "(no position embedding: the long filters carry position) or 'learned'")
 
 
 GPT2 = dict(pos="learned", norm="layernorm", mlp="gelu_tanh", bias=True, tie_embeddings=True, prenorm=True)

@@ -126,6 +126,16 @@ def test_nf4_and_non_cpu_shapes_take_the_reference_path():
         assert torch.allclose(layer(x), x @ formats.dequantize_int4(formats.quantize_int4(weight(80, 256))).t())
 
 
+def test_int8_widths_the_kernel_cannot_read_take_the_reference_path():
+    """24 inputs are not whole 16-wide reads: the AVX-512 kernel would crash the process on them."""
+    layer = QuantLinear.from_linear("int8", weight(64, 24))
+    assert layer.kernel() is None
+    x = torch.randn(3, 24)
+    with torch.no_grad():
+        assert torch.allclose(layer(x), x @ layer.dequantize().t(), atol=1e-5)
+        assert layer(x.to(torch.bfloat16)).shape == (3, 64)  # the bf16 decode path does not reach the kernel either
+
+
 def test_dtype_casts_leave_the_stored_format_alone():
     layer = QuantLinear.from_linear("int8", weight(), torch.randn(128))
     scale = layer.scale.clone()

@@ -137,6 +137,9 @@ def config_from_hf(hf_config: dict[str, Any]) -> ModelConfig:
 
 def hf_family(cfg: ModelConfig) -> str:
     """Which HF family a groundup config exports to: 'gpt2', 'llama', 'mixtral' or 'bert'; ConfigError otherwise."""
+    if cfg.mixer != "attention":
+        raise ConfigError(f"ModelConfig.mixer={cfg.mixer!r}: transformers has no class for a groundup {cfg.mixer} "
+                          "decoder; keep groundup's own format (save_checkpoint), which loads everywhere groundup runs")
     plain = cfg.n_kv_head == cfg.n_head and cfg.head_dim * cfg.n_head == cfg.d_model
     common = cfg.prenorm and not cfg.embed_norm and not cfg.embed_scale
     if cfg.n_expert > 0:

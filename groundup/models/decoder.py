@@ -1,6 +1,7 @@
 """Decoder-only causal language model. GPT-2, Llama / SmolLM2 and MPT-style ALiBi models are the
 same code with different ModelConfig fields (positions, norm, MLP, bias, n_kv_head, tying); n_expert > 0
-makes every block's MLP a mixture of experts (Mixtral, Switch).
+makes every block's MLP a mixture of experts (Mixtral, Switch); mixer="retention" / "hyena" replaces every
+block's attention with multi-scale retention (RetNet) or the Hyena operator.
 
     ids ─> Embeddings ─> Block × n_layer ─> norm ─> lm_head ─> logits
 """
@@ -14,17 +15,33 @@ from torch import nn
 
 from ..config import ConfigError, ModelConfig
 from ..nn import Block, Embeddings, KVCache, alibi_slopes, build_mask, build_norm, build_rotary, moe_aux_loss
+from ..nn.hyena import HyenaCache
+from ..nn.retention import RetentionState
 
 
 def init_weights(model: nn.Module, n_layer: int) -> None:
     """GPT-2 initialisation: N(0, 0.02), zero biases, residual output projections scaled by
-    1/sqrt(2 * n_layer) so the residual stream's variance does not grow with depth."""
+    1/sqrt(2 * n_layer) so the residual stream's variance does not grow with depth. Modules marked keeps_init
+    (Hyena's filter network and short convolution) keep the initialisation they were built with."""
+    own = {id(p) for m in model.modules() if getattr(m, "keeps_init", False) for p in m.parameters()}
     for name, p in model.named_parameters():
+        if id(p) in own:
+            continue
         if name.endswith("bias"):
             nn.init.zeros_(p)
         elif p.dim() >= 2:
             std = 0.02 / math.sqrt(2 * n_layer) if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
             nn.init.normal_(p, mean=0.0, std=std)
+
+
+def _input_keep(attention_mask: torch.Tensor | None, start: int, T: int) -> torch.Tensor | None:
+    """(B, T) bool: which of the input's tokens are real, from a mask over cache + input (None: all of them)."""
+    if attention_mask is None:
+        return None
+    if attention_mask.shape[1] != start + T:
+        raise ValueError(f"attention_mask covers {attention_mask.shape[1]} positions; expected {start + T} "
+                         "(cache + input)")
+    return attention_mask[:, start:].bool()
 
 
 class DecoderLM(nn.Module):
@@ -49,8 +66,17 @@ class DecoderLM(nn.Module):
         """The MoE layers' weighted router losses from the last forward (None for a dense model)."""
         return moe_aux_loss(self)
 
-    def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
+    def new_cache(
+        self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None,
+    ) -> KVCache | RetentionState | HyenaCache:
+        """The decoding cache of this model's mixer: keys / values, retention's recurrent state (max_len unused:
+        its size does not grow) or Hyena's convolution history."""
         cfg, weight = self.config, self.embed.tok_emb.weight
+        if cfg.mixer == "retention":
+            return RetentionState.zeros(cfg.n_layer, batch_size, cfg.n_head, cfg.head_dim, weight.device)
+        if cfg.mixer == "hyena":
+            return HyenaCache(cfg.n_layer, batch_size, cfg.d_model, cfg.hyena_order, max_len or cfg.block_size,
+                              dtype or weight.dtype, weight.device)
         return KVCache(
             cfg.n_layer, batch_size, cfg.n_kv_head, max_len or cfg.block_size, cfg.head_dim,
             dtype or weight.dtype, weight.device,
@@ -71,7 +97,10 @@ class DecoderLM(nn.Module):
         else:
             n_pos = int(position_ids.max()) + 1
         x = self.embed(input_ids, inputs_embeds, position_ids)  # (B, T, d)
-        mask, is_causal = build_mask(T, start, True, attention_mask, self.alibi, x.device)
+        if self.config.mixer == "attention":
+            mask, is_causal = build_mask(T, start, True, attention_mask, self.alibi, x.device)
+        else:  # retention and Hyena are causal by construction and need only which input tokens are real
+            mask, is_causal = _input_keep(attention_mask, start, T), True
         rope = self.rotary(position_ids, n_pos) if self.rotary is not None else None
         for i, block in enumerate(self.blocks):
             x = block(x, mask, is_causal, rope, cache, i, start)

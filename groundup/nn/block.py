@@ -11,10 +11,21 @@ from torch import nn
 
 from ..config import ModelConfig
 from .attention import Attention
+from .hyena import Hyena
 from .kv_cache import KVCache
 from .mlp import build_mlp
 from .moe import MoE
 from .norm import build_norm
+from .retention import Retention
+
+
+def build_mixer(cfg: ModelConfig, causal: bool) -> nn.Module:
+    """The block's token mixer, by cfg.mixer: attention, retention or Hyena (the last two are causal only)."""
+    if cfg.mixer == "retention":
+        return Retention(cfg)
+    if cfg.mixer == "hyena":
+        return Hyena(cfg)
+    return Attention(cfg, causal=causal)
 
 
 class LayerScale(nn.Module):
@@ -33,7 +44,7 @@ class Block(nn.Module):
         super().__init__()
         self.prenorm = cfg.prenorm
         self.attn_norm = build_norm(cfg)
-        self.attn = Attention(cfg, causal=causal)
+        self.attn = build_mixer(cfg, causal)  # the token mixer; named attn whatever it is, so checkpoint keys stay
         self.cross_norm = build_norm(cfg) if cross else None
         self.cross_attn = Attention(cfg, causal=False, cross=True) if cross else None
         self.mlp_norm = build_norm(cfg)

@@ -101,6 +101,10 @@ class PrefixModel(nn.Module):
                 f"prefix tuning enters through a KV cache, and {type(model).__name__} takes none (forward has no "
                 "cache/start inputs); use it on a DecoderLM, or use PromptTuningConfig / LoraConfig for this model"
             )
+        mixer = getattr(model.config, "mixer", "attention")
+        if mixer != "attention":
+            raise PeftError(f"prefix tuning puts keys and values in front of attention's; this model's mixer is "
+                            f"{mixer!r}, which reads none: use PromptTuningConfig or LoraConfig")
         self.base_model = model
         self.prefixes = nn.ModuleDict()
         self.active: str | None = None

@@ -32,7 +32,8 @@ from .formats import QuantError
 from .linear import QuantLinear
 
 HEAD = "lm_head"
-DEFAULT_SKIP = (HEAD,)
+# Hyena's filter network generates its long filters from a few thousand weights: rounding them reshapes every filter
+DEFAULT_SKIP = (HEAD, "filter")
 CONFIG_KEY = "quantization"
 
 
@@ -74,7 +75,8 @@ def _float_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]
 
 
 def _skipped(name: str, skip: Sequence[str]) -> bool:
-    return any(name == s or name.endswith("." + s) for s in skip)
+    """name is, ends with or sits inside a module named in skip."""
+    return any(name == s or name.endswith("." + s) or name.startswith(s + ".") or f".{s}." in name for s in skip)
 
 
 def _shared(model: nn.Module) -> set[int]:

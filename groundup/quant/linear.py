@@ -52,6 +52,11 @@ def int4_kernel_block() -> int | None:
     return None
 
 
+# The int8 kernel reads inputs 16 at a time: other in_features crash its AVX-512 build (torch 2.13), so those layers
+# take the reference path (tests/test_quant.py runs a width of 24 through it).
+INT8_KERNEL_WIDTH = 16
+
+
 @functools.cache
 def int8_kernel_runs() -> bool:
     """Whether the CPU int8 kernel runs here and computes x W^T: one small product against F.linear."""
@@ -147,7 +152,8 @@ class QuantLinear(nn.Module):
     # --- the kernel's view of the buffers -------------------------------------------------------------------
     def kernel(self) -> str | None:
         """Which fused CPU kernel this layer can use where it lives now (None: reference path)."""
-        if self.fmt == "int8" and self.kernel_scale is not None and int8_kernel_runs():
+        if self.fmt == "int8" and self.kernel_scale is not None and self.in_features % INT8_KERNEL_WIDTH == 0 \
+                and int8_kernel_runs():
             return "int8"
         if self.fmt == "int4" and self.layout_block is not None:
             return "int4"

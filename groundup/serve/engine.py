@@ -83,9 +83,14 @@ class Engine:
             self.max_seq_len = min(self.cfg.max_seq_len or 2048, mcfg.block_size)
             weight = next(model.parameters())
             self.device = weight.device
+            if mcfg.mixer == "hyena":
+                raise ValueError("the serving engine batches attention and retention models; a Hyena model's "
+                                 "convolutions read positions, not the engine's shared columns: decode it with "
+                                 "groundup generate")
+            state = model.new_cache(self.cfg.max_batch) if mcfg.mixer == "retention" else None
             self.cache = SlotCache(mcfg.n_layer, self.cfg.max_batch, mcfg.n_kv_head,
                                    self.cfg.cache_columns or 2 * self.max_seq_len, mcfg.head_dim,
-                                   model.embed.tok_emb.weight.dtype, weight.device)
+                                   model.embed.tok_emb.weight.dtype, weight.device, state)
             if self.cache.columns <= self.max_seq_len:
                 raise ValueError(f"EngineConfig.cache_columns={self.cache.columns} must exceed max_seq_len="
                                  f"{self.max_seq_len} (room for one decode step past the longest request)")

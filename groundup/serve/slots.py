@@ -14,6 +14,9 @@ masked out for it, exactly as generate.py left-pads a batch of prompts of differ
 The running rows are always 0..n-1 (a finished row is replaced by the last one), so each forward pass runs
 on a plain slice of the buffers. When the clock reaches the end, `compact` moves every row's tokens to the
 right end of [0, longest) and drops the gaps; positions do not change, so the output does not either.
+
+A retention model has no keys and values: its rows are recurrent states (RetentionState, one per slot, zeroed when a
+request joins), and the mask alone keeps the columns' bookkeeping.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from ..nn.kv_cache import KVCache
+from ..nn.retention import RetentionState
 
 
 class CacheRows:
@@ -35,17 +39,21 @@ class CacheRows:
 class SlotCache:
     def __init__(
         self, n_layer: int, slots: int, n_kv_head: int, columns: int, head_dim: int,
-        dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", state: RetentionState | None = None,
     ) -> None:
+        """state: a retention model's states (one row per slot), held instead of keys and values."""
         shape = (slots, n_kv_head, columns, head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
+        self.state = state
+        self.k = [] if state else [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
+        self.v = [] if state else [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
         self.mask = torch.zeros(slots, columns, dtype=torch.long, device=device)  # 1 = the row's token
         self.slots, self.columns = slots, columns
         self.clock = 0  # the column the next decode step writes
         self.n = 0  # running rows are 0..n-1
 
-    def rows(self, lo: int, hi: int) -> CacheRows:
+    def rows(self, lo: int, hi: int) -> CacheRows | RetentionState:
+        if self.state is not None:
+            return self.state.rows(lo, hi)
         return CacheRows([k[lo:hi] for k in self.k], [v[lo:hi] for v in self.v], self.columns)
 
     def lengths(self) -> torch.Tensor:
@@ -66,6 +74,9 @@ class SlotCache:
             self.clock = 0
         self.clock = max(self.clock, longest)  # running rows see masked columns where the clock jumps
         first = self.n
+        if self.state is not None:
+            for s in self.state.s:
+                s[first : first + len(lengths)].zero_()
         for row, length in enumerate(lengths, start=first):
             self.mask[row].zero_()
             self.mask[row, self.clock - length : self.clock] = 1
@@ -88,6 +99,8 @@ class SlotCache:
         if row != last:
             for buf in self.k + self.v:
                 buf[row, :, : self.clock] = buf[last, :, : self.clock]
+            for s in self.state.s if self.state is not None else ():
+                s[row] = s[last]
             self.mask[row] = self.mask[last]
         self.mask[last].zero_()
         self.n -= 1
