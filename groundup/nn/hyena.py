@@ -88,7 +88,8 @@ class HyenaCache:
         self.z = [torch.zeros(batch_size, order, d, max_len, dtype=dtype, device=device) for _ in range(n_layer)]
         self.tail = [torch.zeros(batch_size, (order + 1) * d, SHORT_KERNEL - 1, dtype=dtype, device=device)
                      for _ in range(n_layer)]
-        self.filters: list[torch.Tensor | None] = [None] * n_layer
+        self.filters: list[torch.Tensor | None] = [None] * n_layer  # (N, d, max_len)
+        self.reversed: list[torch.Tensor | None] = [None] * n_layer  # the same, lags last to first
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.z + self.tail)
@@ -126,8 +127,13 @@ class Hyena(nn.Module):
         u = torch.cat([tail.to(u.dtype), u], dim=-1)  # (B, C, kernel - 1 + T)
         if cache is not None:
             cache.tail[layer].copy_(u[..., -(SHORT_KERNEL - 1):])
-        *gates, z = F.conv1d(u, self.short_conv.weight, self.short_conv.bias, groups=self.channels).split(self.d, 1)
-        h = self._filters(cache, layer, start, end)  # (N, d, end)
+        w, b = self.short_conv.weight, self.short_conv.bias  # (C, 1, kernel), (C,)
+        if T == 1:  # one position: a dot product per channel (oneDNN's convolution costs ~100 us to set up)
+            streams = torch.baddbmm(b[:, None, None], u.transpose(0, 1), w.transpose(1, 2)).transpose(0, 1)  # (B, C, 1)
+        else:
+            streams = F.conv1d(u, w, b, groups=self.channels)  # (B, C, T)
+        *gates, z = streams.split(self.d, 1)
+        h, h_rev = self._filters(cache, layer, start, end)  # (N, d, end) each
         for n in range(self.order):
             if mask is not None:
                 z = z * mask
@@ -137,15 +143,18 @@ class Hyena(nn.Module):
             else:
                 history = z
             if T == 1 and end > 1:  # one new position: a dot product over the history beats an FFT of it
-                conv = (history.float() * h[n].flip(-1)).sum(-1, keepdim=True)
+                conv = torch.linalg.vecdot(history.float(), h_rev[n])[..., None]
             else:
                 conv = causal_conv(history, h[n])[..., -T:]
             z = gates[n] * (conv.to(z.dtype) + self.filter.skip[n, :, None] * z)  # (B, d, T)
         return self.out_proj(z.transpose(1, 2))
 
-    def _filters(self, cache: HyenaCache | None, layer: int, start: int, end: int) -> torch.Tensor:
+    def _filters(self, cache: HyenaCache | None, layer: int, start: int, end: int) -> tuple[torch.Tensor, ...]:
+        """(h[..., :end], h[..., :end] flipped); with a cache, computed once per sequence for all its positions."""
         if cache is None:
-            return self.filter(end)
+            h = self.filter(end)
+            return h, h.flip(-1)
         if start == 0 or cache.filters[layer] is None:
             cache.filters[layer] = self.filter(cache.max_len)
-        return cache.filters[layer][..., :end]
+            cache.reversed[layer] = cache.filters[layer].flip(-1)
+        return cache.filters[layer][..., :end], cache.reversed[layer][..., cache.max_len - end :]

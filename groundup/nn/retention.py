@@ -41,17 +41,26 @@ def retention_parallel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_ga
     return scores @ v
 
 
+def retention_step(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gamma: torch.Tensor, state: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One position: q, k (B, H, 1, D), v (B, H, 1, Dv), gamma (H, 1, 1), state S (B, H, D, Dv) ->
+    (q S' (B, H, 1, Dv), S' = gamma S + kᵀ v). Four kernels: the decode loop's whole cost beside the linears."""
+    s = torch.addcmul(state * gamma, k.transpose(-2, -1), v)
+    return q @ s, s
+
+
 def retention_recurrent(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_gamma: torch.Tensor, state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One position at a time from state S (B, H, D, Dv) (None = zeros) -> (outputs (B, H, T, Dv), final S)."""
     B, H, T, D = q.shape
-    gamma = log_gamma.exp().to(q.dtype)[None, :, None, None]  # (1, H, 1, 1)
+    gamma = log_gamma.exp().to(q.dtype)[:, None, None]  # (H, 1, 1)
     s = q.new_zeros(B, H, D, v.shape[-1]) if state is None else state.to(q.dtype)
     outs = []
     for t in range(T):
-        s = gamma * s + k[:, :, t, :, None] * v[:, :, t, None, :]  # (B, H, D, Dv)
-        outs.append(q[:, :, t, None] @ s)  # (B, H, 1, Dv)
+        o, s = retention_step(q[:, :, t : t + 1], k[:, :, t : t + 1], v[:, :, t : t + 1], gamma, s)
+        outs.append(o)
     return torch.cat(outs, dim=2), s
 
 
@@ -117,6 +126,7 @@ class Retention(nn.Module):
         self.g_proj = nn.Linear(cfg.d_model, inner, bias=cfg.bias)
         self.o_proj = nn.Linear(inner, cfg.d_model, bias=cfg.bias)
         self.register_buffer("log_gamma", retention_decay(cfg.n_head), persistent=False)
+        self.register_buffer("gamma", self.log_gamma.exp()[:, None, None], persistent=False)  # (H, 1, 1)
 
     def heads(self, x: torch.Tensor, proj: nn.Linear) -> torch.Tensor:
         B, T, _ = x.shape
@@ -136,7 +146,9 @@ class Retention(nn.Module):
             k = k * keep[:, None, :, None].to(k.dtype)
         state = cache.read(layer, start) if cache is not None else None
         if cache is not None and T == 1:
-            o, state = retention_recurrent(q, k, v, self.log_gamma, state)
+            if state is None:
+                state = q.new_zeros(B, self.n_head, self.head_dim, self.head_dim)
+            o, state = retention_step(q, k, v, self.gamma.to(q.dtype), state.to(q.dtype))
         elif cache is not None or T > self.chunk:
             o, state = retention_chunkwise(q, k, v, self.log_gamma, min(self.chunk, T), state)
         else:
