@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -c constraints.txt
 
-.PHONY: demo test bench bench-finetune bench-deploy bench-serve bench-vision bench-speech bench-align lint install clean
+.PHONY: demo test bench bench-finetune bench-deploy bench-serve bench-vision bench-speech bench-align bench-mixers lint install clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	# Debian data, needs root the first time: WordNet for `groundup data augment`, Fashion-MNIST and the Noto colour
@@ -88,6 +88,11 @@ bench-align: install
 	$(PY) bench/alignment.py
 	$(PY) bench/dpo_vs_trl.py
 	$(PY) bench/ppo_vs_trl.py
+	$(PY) bench/report.py
+
+bench-mixers: install
+	# attention vs retention vs Hyena: equal-parameter LM, associative recall vs length, step and decode cost (~35 min)
+	$(PY) bench/mixers.py
 	$(PY) bench/report.py
 
 bench-serve: install

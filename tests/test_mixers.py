@@ -8,12 +8,14 @@ import math
 
 import pytest
 import torch
+from cli_helpers import groundup
 from serve_helpers import chat_tokenizer, perturbed
 
 from groundup import peft as P
 from groundup.config import ConfigError, preset
 from groundup.generate import GenerationConfig, generate, generate_text
 from groundup.interop.hf_config import hf_family
+from groundup.loading import load_pretrained
 from groundup.models import build_model
 from groundup.nn.hyena import causal_conv
 from groundup.nn.retention import (
@@ -186,6 +188,32 @@ def test_hyena_filters_keep_their_own_initialisation() -> None:
     first = model.blocks[0].attn.filter.mlp[0].weight
     assert first.std() > 0.1
     assert math.isclose(model.blocks[0].attn.in_proj.weight.std().item(), 0.02, rel_tol=0.1)
+
+
+# --- the command line -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_pretrain_and_generate_from_the_command_line(mixer: str, tmp_path) -> None:
+    """`--model.mixer` trains through the one loop; `generate` decodes the checkpoint through the mixer's cache
+    exactly as the library does on the loaded model."""
+    out = tmp_path / mixer
+    run = groundup("pretrain", "--model.preset=llama-tiny", f"--model.mixer={mixer}", "--model.n_layer=1",
+                   "--model.d_model=32", "--model.n_head=2", "--model.n_kv_head=2", "--model.block_size=32",
+                   "--train.batch_size=4", "--train.max_steps=4", "--train.eval_every=0", "--train.progress=false",
+                   f"--train.out_dir={out}")
+    assert run.returncode == 0, run.stderr
+    model, tok = load_pretrained(out / "ckpt")
+    assert model.config.mixer == mixer
+    shown = groundup("generate", f"--model={out / 'ckpt'}", "--prompt=ROMEO:", "--max_new_tokens=20",
+                     "--temperature=0", "--dtype=fp32")
+    assert shown.returncode == 0, shown.stderr
+    want = generate_text(model, tok, "ROMEO:", GenerationConfig(max_new_tokens=20, temperature=0))
+    assert shown.stdout.strip() == ("ROMEO:" + want).strip()
+
+
+def test_pretrain_refuses_a_retention_model_without_rotation(tmp_path) -> None:
+    run = groundup("pretrain", "--model.preset=gpt-tiny", "--model.mixer=retention", "--train.max_steps=1",
+                   f"--train.out_dir={tmp_path / 'r'}")
+    assert run.returncode != 0 and "set --model.pos='rope'" in run.stderr and not (tmp_path / "r").exists()
 
 
 # --- serving -------------------------------------------------------------------------------------------------

@@ -133,7 +133,7 @@ class Hyena(nn.Module):
         else:
             streams = F.conv1d(u, w, b, groups=self.channels)  # (B, C, T)
         *gates, z = streams.split(self.d, 1)
-        h, h_rev = self._filters(cache, layer, start, end)  # (N, d, end) each
+        h, h_rev = self._filters(cache, layer, start, end)  # (N, d, end): the filters, and flipped (decoding only)
         for n in range(self.order):
             if mask is not None:
                 z = z * mask
@@ -142,18 +142,18 @@ class Hyena(nn.Module):
                 history = cache.z[layer][:, n, :, :end]  # (B, d, end)
             else:
                 history = z
-            if T == 1 and end > 1:  # one new position: a dot product over the history beats an FFT of it
+            if h_rev is not None and T == 1:  # one new position: a dot product over the history beats an FFT of it
                 conv = torch.linalg.vecdot(history.float(), h_rev[n])[..., None]
             else:
                 conv = causal_conv(history, h[n])[..., -T:]
             z = gates[n] * (conv.to(z.dtype) + self.filter.skip[n, :, None] * z)  # (B, d, T)
         return self.out_proj(z.transpose(1, 2))
 
-    def _filters(self, cache: HyenaCache | None, layer: int, start: int, end: int) -> tuple[torch.Tensor, ...]:
-        """(h[..., :end], h[..., :end] flipped); with a cache, computed once per sequence for all its positions."""
+    def _filters(self, cache: HyenaCache | None, layer: int, start: int,
+                 end: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(h[..., :end], with a cache h[..., :end] flipped): computed once per sequence for all its positions."""
         if cache is None:
-            h = self.filter(end)
-            return h, h.flip(-1)
+            return self.filter(end), None
         if start == 0 or cache.filters[layer] is None:
             cache.filters[layer] = self.filter(cache.max_len)
             cache.reversed[layer] = cache.filters[layer].flip(-1)
