@@ -6,7 +6,8 @@ Four experiments, each a section of docs/mixers.md with its table, plot and comm
               Shakespeare-char and on the same text in a 2,048-token BPE: validation loss at equal steps and at
               equal training wall-clock (the fastest mixer's run time; each step's time measured interleaved)
     recall    associative recall (the key-value task of the Hyena / H3 papers, every repeated key a query):
-              accuracy vs sequence length at 2 layers, each mixer trained the same steps at each length
+              accuracy vs sequence length at 2 layers; each mixer learns the task at length 64, then trains on
+              the same tokens at each length
     scaling   one training step (forward + backward) at sequence length 512..8192: seconds and peak memory
     decode    one generated token after a context of 256..4096 tokens: latency and cache bytes per token
 
@@ -19,6 +20,7 @@ so one peak does not hide another.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import sys
@@ -47,7 +49,7 @@ from groundup.train.objectives import causal_lm  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 MIXERS = ("attention", "retention", "hyena")
-PARTS = ("lm", "recall", "scaling", "decode")
+PARTS = ("lm", "seeds", "recall", "scaling", "decode")
 D, F_FF, CTX, BATCH = 128, 344, 256, 16
 SHAPE = dict(preset="llama-tiny", n_layer=4, n_head=4, n_kv_head=4, d_model=D, block_size=CTX)
 
@@ -65,11 +67,11 @@ def equal_d_ff(mixer: str) -> int:
     return F_FF - round(extra / (3 * D * SHAPE["n_layer"]))
 
 
-def lm_job(mixer: str, tokenizer: str, out: Path, steps: int, quick: bool) -> PretrainJob:
+def lm_job(mixer: str, tokenizer: str, out: Path, steps: int, quick: bool, seed: int = 1337) -> PretrainJob:
     train = TrainConfig(
         out_dir=str(out / f"{tokenizer}-{mixer}"), max_steps=steps, batch_size=BATCH, lr=2e-3, min_lr=2e-4,
         warmup_steps=max(1, min(50, steps // 10)), weight_decay=0.1, beta2=0.99, eval_every=max(1, steps // 8),
-        eval_batches=2 if quick else 8, ckpt_every=0, dtype="fp32", seed=1337, log_every=10, progress=False,
+        eval_batches=2 if quick else 8, ckpt_every=0, dtype="fp32", seed=seed, log_every=10, progress=False,
     )
     data = DataSpec(tokenizer=tokenizer, vocab_size=2048)
     return PretrainJob(model={**SHAPE, "d_ff": equal_d_ff(mixer), "mixer": mixer}, data=data, train=train)
@@ -96,6 +98,12 @@ def at_step(curve: list[tuple[float, float]], step: float) -> float:
     return float(np.interp(step, steps, losses))
 
 
+def val_loss(result, folder: Path, quick: bool) -> float:
+    model = load_pretrained(result.checkpoint)[0].float()
+    val = torch.from_numpy(np.fromfile(folder / "val.bin", dtype=np.uint16).astype(np.int64))
+    return window_perplexity(model, val[: CTX * 40 + 1] if quick else val, CTX, batch_size=32)["nll"]
+
+
 def part_lm(args) -> dict:
     steps = args.steps or (10 if args.quick else 400)
     out: dict = {"steps": steps, "corpora": {}}
@@ -109,9 +117,7 @@ def part_lm(args) -> dict:
                 curves[mixer] = [(0, math.log(model.config.vocab_size))] + [
                     (r["step"], r["val_loss"]) for r in read_metrics(result.metrics_csv) if r["val_loss"] is not None]
                 folder = Path(tmp) / f"{tokenizer}-{mixer}" / "data"
-                val = torch.from_numpy(np.fromfile(folder / "val.bin", dtype=np.uint16).astype(np.int64))
-                losses[mixer] = window_perplexity(model, val[: CTX * 40 + 1] if args.quick else val, CTX,
-                                                  batch_size=32)["nll"]
+                losses[mixer] = val_loss(result, folder, args.quick)
                 models[mixer] = model
                 train_ids = np.fromfile(folder / "train.bin", dtype=np.uint16).astype(np.int64)
             g = torch.Generator().manual_seed(0)
@@ -133,32 +139,46 @@ def part_lm(args) -> dict:
     return out
 
 
+def part_seeds(args) -> dict:
+    """The lm part's runs again with other seeds (init and batches): val loss only, for the seeds' spread."""
+    steps = args.steps or (10 if args.quick else 400)
+    out: dict = {"seeds": [1338], "val_loss": {}}
+    with tempfile.TemporaryDirectory(prefix="mixers-seeds-") as tmp:
+        for tokenizer in ("char", "bpe"):
+            out["val_loss"][tokenizer] = {}
+            for mixer in MIXERS:
+                print(f"[seeds] {tokenizer}: training {mixer} (seed 1338) ...", flush=True)
+                result = pretrain(lm_job(mixer, tokenizer, Path(tmp), steps, args.quick, seed=1338))
+                folder = Path(tmp) / f"{tokenizer}-{mixer}" / "data"
+                out["val_loss"][tokenizer][mixer] = [val_loss(result, folder, args.quick)]
+    return out
+
+
 # --- recall: associative recall vs length ----------------------------------------------------------------------
-N_VALUES = 16
+N_VALUES, N_KEYS, SHORT = 16, 512, 64
 
 
 def recall_batch(B: int, L: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """L/2 (key, value) pairs; each sequence its own table of L/8 keys -> values (so a key's previous occurrence is
-    ~L/4 back on average). Labels: the value after every key seen before in the sequence, -100 elsewhere."""
+    """L/2 (key, value) pairs; each sequence its own table of L/8 keys (drawn from N_KEYS) -> values, so a key's
+    previous occurrence is ~L/4 back on average. Labels: the value after every key seen before, -100 elsewhere."""
     n_keys, n_pairs = L // 8, L // 2
+    chosen = torch.rand(B, N_KEYS, generator=g).argsort(-1)[:, :n_keys]  # (B, n_keys) this sequence's keys
     table = torch.randint(0, N_VALUES, (B, n_keys), generator=g)
-    keys = torch.randint(0, n_keys, (B, n_pairs), generator=g)
-    values = table.gather(1, keys)
-    ids = torch.stack([N_VALUES + keys, values], dim=-1).view(B, L)  # values 0..15, keys after them
-    first = torch.full((B, n_keys), n_pairs).scatter_reduce(1, keys, torch.arange(n_pairs).expand(B, -1), "amin")
-    repeated = torch.arange(n_pairs)[None] > first.gather(1, keys)  # (B, pairs)
+    slot = torch.randint(0, n_keys, (B, n_pairs), generator=g)
+    values = table.gather(1, slot)
+    ids = torch.stack([N_VALUES + chosen.gather(1, slot), values], dim=-1).view(B, L)  # values 0..15, then keys
+    first = torch.full((B, n_keys), n_pairs).scatter_reduce(1, slot, torch.arange(n_pairs).expand(B, -1), "amin")
+    repeated = torch.arange(n_pairs)[None] > first.gather(1, slot)  # (B, pairs)
     labels = torch.full((B, L), -100)
     labels[:, 0::2] = torch.where(repeated, values, -100)
     return ids, labels
 
 
-def train_recall(mixer: str, L: int, steps: int, batch: int, lr: float) -> tuple[float, float]:
-    """(accuracy on fresh sequences, seconds): a 2-layer model of width 64 trained from scratch at length L."""
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    model = DecoderLM(preset("llama-tiny", vocab_size=N_VALUES + L // 8, block_size=L, n_layer=2, n_head=4,
-                             n_kv_head=4, d_model=64, d_ff=128, mixer=mixer))
+def recall_train(model: DecoderLM, L: int, steps: int, batch: int, lr: float, seed: int) -> float:
+    """Train in place on fresh batches at length L (warmup, then linear decay to lr / 10); returns seconds."""
+    g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr, weight_decay=0.0, betas=(0.9, 0.98))
+    model.train()
     t0 = time.perf_counter()
     for step in range(steps):
         for group in opt.param_groups:
@@ -168,27 +188,42 @@ def train_recall(mixer: str, L: int, steps: int, batch: int, lr: float) -> tuple
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    seconds = time.perf_counter() - t0
+    return time.perf_counter() - t0
+
+
+def recall_accuracy(model: DecoderLM, L: int) -> float:
     model.eval()
-    ids, labels = recall_batch(8, L, torch.Generator().manual_seed(99))
+    ids, labels = recall_batch(max(2, 16384 // L), L, torch.Generator().manual_seed(99))
     with torch.no_grad():
         pred = model(ids).argmax(-1)
     asked = labels != -100
-    return float((pred[asked] == labels[asked]).float().mean()), seconds
+    return float((pred[asked] == labels[asked]).float().mean())
 
 
 def part_recall(args) -> dict:
+    """Stage 1: each mixer (2 layers, width 64, 2 heads) learns the task at length 64, where steps are cheap and the
+    recall circuit forms (attention's loss drops after ~2,000 steps of 32 sequences). Stage 2: from that model, a
+    short run at each length with the same tokens per length, then accuracy on fresh sequences."""
     lengths = [256, 1024] if args.quick else [256, 512, 1024, 2048, 4096]
-    tokens = 8 * 256 * (20 if args.quick else args.recall_steps)  # the same tokens per run at every length
-    out = {"lengths": lengths, "accuracy": {}, "seconds": {}, "tokens": tokens}
+    stage1 = 20 if args.quick else args.recall_steps
+    tokens = 8192 * (5 if args.quick else 150)
+    out = {"lengths": lengths, "accuracy": {}, "at_short": {}, "seconds": {}, "stage1_steps": stage1,
+           "stage2_tokens": tokens}
     for mixer in MIXERS:
-        out["accuracy"][mixer], out["seconds"][mixer] = [], []
+        torch.manual_seed(0)
+        base = DecoderLM(preset("llama-tiny", vocab_size=N_VALUES + N_KEYS, block_size=max(lengths), n_layer=2,
+                                n_head=2, n_kv_head=2, d_model=64, d_ff=128, mixer=mixer))
+        seconds = recall_train(base, SHORT, stage1, 32, args.recall_lr, seed=1)
+        out["at_short"][mixer] = recall_accuracy(base, SHORT)
+        print(f"[recall] {mixer} at {SHORT}: accuracy {out['at_short'][mixer]:.3f} ({seconds:.0f} s)", flush=True)
+        out["accuracy"][mixer] = []
         for L in lengths:
-            batch = max(1, tokens // (L * (20 if args.quick else args.recall_steps)))
-            acc, s = train_recall(mixer, L, tokens // (batch * L), batch, args.recall_lr)
-            print(f"[recall] {mixer} L={L}: accuracy {acc:.3f} ({s:.0f} s)", flush=True)
-            out["accuracy"][mixer].append(acc)
-            out["seconds"][mixer].append(s)
+            model = copy.deepcopy(base)
+            batch = max(1, 8192 // L)
+            seconds += recall_train(model, L, tokens // (batch * L), batch, args.recall_lr / 3, seed=L)
+            out["accuracy"][mixer].append(recall_accuracy(model, L))
+            print(f"[recall] {mixer} L={L}: accuracy {out['accuracy'][mixer][-1]:.3f}", flush=True)
+        out["seconds"][mixer] = seconds
     return out
 
 
@@ -261,6 +296,11 @@ def load_parts() -> dict:
     return out
 
 
+def lengths_ticks(ax, lengths: list[int]) -> None:
+    ax.set_xticks(lengths, [str(n) for n in lengths])
+    ax.minorticks_off()
+
+
 def plot(parts: dict, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -283,6 +323,7 @@ def plot(parts: dict, path: Path) -> None:
             axes[2].plot(r["lengths"], r["accuracy"][m], "o-", label=m)
         axes[2].axhline(1 / N_VALUES, color="k", lw=0.8, ls=":", label="chance")
         axes[2].set(xscale="log", xlabel="sequence length", ylabel="accuracy", title="associative recall, 2 layers")
+        lengths_ticks(axes[2], r["lengths"])
         axes[2].legend()
     for ax, part, key, label in ((axes[3], "scaling", "s", "training step seconds (B=1)"),
                                  (axes[4], "scaling", "peak_mb", "training step peak MB"),
@@ -294,6 +335,7 @@ def plot(parts: dict, path: Path) -> None:
             ax.plot(r["lengths"], [x[key] for x in r["results"][m]], "o-", label=m)
         ax.set(xscale="log", yscale="log", xlabel="sequence length" if part == "scaling" else "context length",
                ylabel=label, title=label)
+        lengths_ticks(ax, r["lengths"])
         ax.legend()
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -301,7 +343,7 @@ def plot(parts: dict, path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
-def lm_section(p: dict) -> list[str]:
+def lm_section(p: dict, seeds: dict | None) -> list[str]:
     d = p["data"]
     lines = [f"## Language modelling at equal parameters\n\nCommand: `{p['machine']['command']}` "
              f"({p['machine']['date']})\n\nA char / BPE Llama (4 layers, d={D}, 4 heads, context {CTX}, RoPE, RMSNorm, "
@@ -312,24 +354,33 @@ def lm_section(p: dict) -> list[str]:
              "mixer's run time (steps x its median training-step seconds, timed interleaved after training), and "
              "each mixer's val curve read at the step it reaches in that time.\n"]
     for tok, r in d["corpora"].items():
-        rows = [[m, f"{r['params'][m]:,}", r["d_ff"][m], r["val_loss"][m], r["s_per_step"][m],
-                 r["s_per_step"][m] / r["s_per_step"]["attention"], r["at_budget"][m]] for m in MIXERS]
+        more = seeds["data"]["val_loss"][tok] if seeds else {m: [] for m in MIXERS}
+        rows = []
+        for m in MIXERS:
+            runs = [r["val_loss"][m]] + more[m]
+            rows.append([m, f"{r['params'][m]:,}", r["d_ff"][m], " / ".join(f"{x:.4f}" for x in runs),
+                         f"{np.mean(runs):.4f}", f"{r['s_per_step'][m]:.3f}",
+                         f"{r['s_per_step'][m] / r['s_per_step']['attention']:.2f}", f"{r['at_budget'][m]:.4f}"])
         lines += [f"**{tok}** (budget {r['budget_s']:.0f} s)\n", common.table(
-            ["mixer", "params", "d_ff", f"val loss after {d['steps']} steps", "s / step", "÷ attention",
-             "val loss at equal wall-clock"], rows), ""]
+            ["mixer", "params", "d_ff", f"val loss after {d['steps']} steps (seed 1337 / others)", "mean",
+             "s / step", "÷ attention", "val loss at equal wall-clock (seed 1337)"], rows), ""]
     return lines
 
 
 def recall_section(p: dict) -> list[str]:
     d = p["data"]
-    rows = [[m] + [f"{a:.3f}" for a in d["accuracy"][m]] + [f"{sum(d['seconds'][m]):.0f}"] for m in MIXERS]
+    rows = [[m, f"{d['at_short'][m]:.3f}"] + [f"{a:.3f}" for a in d["accuracy"][m]] + [f"{d['seconds'][m]:.0f}"]
+            for m in MIXERS]
     return [f"## Associative recall vs sequence length\n\nCommand: `{p['machine']['command']}` "
-            f"({p['machine']['date']})\n\nSequences of L/2 (key, value) pairs, each sequence its own table of L/8 "
-            f"keys to {N_VALUES} values; every key seen before in the sequence asks for its value (chance "
-            f"{1 / N_VALUES:.3f}); a key's previous occurrence is about L/4 back. Each mixer at each length: a "
-            f"2-layer model of width 64 trained from scratch on {d['tokens']:,} tokens, accuracy on 8 fresh "
-            "sequences.\n",
-            common.table(["mixer"] + [f"L={L}" for L in d["lengths"]] + ["train s (all L)"], rows), ""]
+            f"({p['machine']['date']})\n\nSequences of L/2 (key, value) pairs; each sequence draws its own L/8 keys "
+            f"(of {N_KEYS}) and gives each one of {N_VALUES} values; every key seen before in the sequence asks for "
+            f"its value (chance {1 / N_VALUES:.3f}), and its previous occurrence is about L/4 back. 2 layers, width "
+            f"64, 2 heads. Stage 1: {d['stage1_steps']} steps of 32 sequences of {SHORT} tokens (the recall circuit "
+            "takes ~2,000 such steps to form in attention; training from scratch at 4,096 tokens for that long is "
+            f"beyond this CPU). Stage 2, per length: the stage-1 model trained on {d['stage2_tokens']:,} tokens at "
+            "that length, then accuracy on fresh sequences.\n",
+            common.table(["mixer", f"L={SHORT} (stage 1)"] + [f"L={L}" for L in d["lengths"]] + ["train s"], rows),
+            ""]
 
 
 def sweep_section(p: dict, title: str, cols: list[tuple[str, str, str]], intro: str) -> list[str]:
@@ -353,7 +404,7 @@ def write_doc(parts: dict) -> Path:
              "decoder (`ModelConfig.mixer` is the only difference); the plot below has every part.\n",
              "![mixers](mixers.png)\n"]
     if "lm" in parts:
-        lines += lm_section(parts["lm"])
+        lines += lm_section(parts["lm"], parts.get("seeds"))
     if "recall" in parts:
         lines += recall_section(parts["recall"])
     if "scaling" in parts:
@@ -364,7 +415,7 @@ def write_doc(parts: dict) -> Path:
                                "chunkwise (chunks of 256) past 256 tokens; attention is PyTorch's fused SDPA.")
     if "decode" in parts:
         lines += sweep_section(parts["decode"], "Decoding vs context length",
-                               [("ms/token", "ms", ".2f"), ("cache KB/token", "bytes_per_token", ".1f")],
+                               [("ms/token", "ms", ".2f"), ("cache bytes/token", "bytes_per_token", ".0f")],
                                "One generated token at batch 1 after a prefill of the context (median of the steps "
                                "after it), and the decoding cache's bytes per token of context: attention's KV cache "
                                "and Hyena's convolution history grow with the context, retention's state does not "
@@ -377,7 +428,7 @@ def main() -> None:
     p = common.measure_parser(__doc__.splitlines()[0])
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
     p.add_argument("--steps", type=int, default=None, help="lm: training steps per model (default 400)")
-    p.add_argument("--recall-steps", type=int, default=600, help="recall: steps of 8 x 256 tokens per run")
+    p.add_argument("--recall-steps", type=int, default=4000, help="recall: stage-1 steps (32 sequences of 64)")
     p.add_argument("--recall-lr", type=float, default=3e-3)
     args = p.parse_args()
     common.setup(args.threads)
